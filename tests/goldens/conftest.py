@@ -1,0 +1,110 @@
+"""Fixtures for the goldens tests: a loopback Hub and synthetic stores.
+
+huggingface_hub reads HF_HUB_DISABLE_XET when it is imported, so it is set
+here, before anything imports the client (a Xet upload cannot go to a
+loopback server). Everything else is passed explicitly or set per test.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_DISABLE_XET", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+from dataclasses import dataclass  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from huggingface_hub.utils._runtime import is_xet_available  # noqa: E402
+
+from hub_server import READ, WRITE, HubServer  # noqa: E402
+from schemas.manifest import Device, Manifest, ModelRef, Request, SequenceInfo  # noqa: E402
+from schemas.store import StoreWriter  # noqa: E402
+
+WRITE_TOKEN = "hf_test_write_token"
+READ_TOKEN = "hf_test_read_token"
+VOCAB = 64
+
+
+@dataclass
+class LoopbackHub:
+    server: HubServer
+    cache_dir: Path
+
+    @property
+    def kw(self) -> dict:
+        """What every goldens call gets: the loopback endpoint and a private HF cache."""
+        return {"endpoint": self.server.endpoint, "cache_dir": self.cache_dir}
+
+
+@pytest.fixture
+def hub(tmp_path, monkeypatch):
+    # Big files go through the LFS batch API when the client can use it (Xet
+    # disabled); otherwise every file is committed inline ("regular").
+    lfs_threshold = None if is_xet_available() else 256
+    with HubServer(tokens={WRITE_TOKEN: WRITE, READ_TOKEN: READ}, lfs_threshold=lfs_threshold) as server:
+        cache = tmp_path / "hf" / "hub"
+        monkeypatch.setenv("HF_TOKEN", WRITE_TOKEN)
+        monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+        monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+        monkeypatch.setenv("HF_ENDPOINT", server.endpoint)
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+        # Safety net: anything not aimed at the loopback server goes to a dead proxy.
+        monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
+        monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")
+        monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+        yield LoopbackHub(server, cache)
+        assert not server.unhandled, f"client called endpoints the test hub does not serve: {server.unhandled}"
+
+
+def make_store(
+    out_dir: Path,
+    *,
+    prompt: tuple[int, ...] = (1, 2, 3),
+    device: str = "cpu",
+    model: str = "tiny/llama",
+    created_at: str = "2026-01-01T00:00:00+00:00",
+    generated: int = 4,
+    seed: int = 0,
+) -> Path:
+    """A small committed store; its request key depends on model and prompt only."""
+    request = Request(
+        model=ModelRef(id=model),
+        prompts=(tuple(prompt),),
+        max_tokens=generated,
+        logprobs=-1,
+        prompt_logprobs=False,
+        dtype="float32",
+        max_model_len=128,
+        seed=0,
+    )
+    manifest = Manifest(
+        request=request,
+        device=Device(kind=device, versions={"parity": "test", device: "1.0"}),
+        vocab_size=VOCAB,
+        sequences=(SequenceInfo(index=0, prompt_len=len(prompt), generated_len=generated),),
+        arrays={},
+        created_at=created_at,
+        tool_version="test",
+    )
+    rng = np.random.default_rng(seed + sum(prompt) * 7919 + len(device))
+    rows = rng.standard_normal((generated, VOCAB)).astype(np.float32) - 5.0
+    tokens = list(prompt) + [int(t) for t in rng.integers(0, VOCAB, generated)]
+    with StoreWriter(out_dir, vocab_size=VOCAB) as writer:
+        writer.append_rows("generated", 0, rows)
+        path, _ = writer.commit(manifest, [tokens])
+    return path
+
+
+@pytest.fixture
+def stores(tmp_path):
+    """Factory: ``stores(prompt=..., device=...)`` makes a store under tmp_path/stores."""
+    counter = iter(range(1000))
+
+    def build(**kw) -> Path:
+        return make_store(tmp_path / "stores" / str(next(counter)), **kw)
+
+    return build

@@ -1,0 +1,413 @@
+"""A loopback server speaking the parts of the Hugging Face Hub HTTP protocol parity uses.
+
+Enough for the real ``huggingface_hub`` client: repo creation, repo/revision
+info, tree listing, preupload, the LFS batch API with basic PUT transfers,
+NDJSON commits, and ``resolve`` downloads (HEAD and GET, with Range). Repos
+live in memory with git-like content-addressed blobs and commit shas; every
+request is logged in ``requests`` so tests can count transfers. Requests the
+server does not know are logged in ``unhandled`` and answered 404.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import re
+import secrets
+import threading
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, unquote, urlsplit
+
+WRITE = "write"
+READ = "read"
+GITATTRIBUTES = b"*.zarr/** filter=lfs diff=lfs merge=lfs -text\n"
+
+
+def git_blob_oid(data: bytes) -> str:
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+@dataclass(frozen=True)
+class Entry:
+    oid: str  # git blob id (of the pointer file for LFS files)
+    size: int
+    sha256: str | None = None  # set for LFS files
+
+    def tree_json(self, path: str) -> dict:
+        d = {"type": "file", "oid": self.oid, "size": self.size, "path": path}
+        if self.sha256:
+            d["lfs"] = {"oid": self.sha256, "size": self.size, "pointerSize": 130}
+        return d
+
+
+@dataclass
+class Repo:
+    repo_id: str
+    private: bool
+    commits: dict = field(default_factory=dict)  # sha -> {path: Entry}
+    refs: dict = field(default_factory=dict)  # branch -> sha
+
+
+@dataclass(frozen=True)
+class Logged:
+    method: str
+    path: str
+    status: int
+
+
+class HubServer:
+    """Start with ``with HubServer() as hub:``; ``hub.endpoint`` is its base URL."""
+
+    def __init__(self, *, tokens: dict[str, str] | None = None, lfs_threshold: int | None = None):
+        self.tokens = dict(tokens or {})
+        self.lfs_threshold = lfs_threshold  # files at least this big are LFS; None: all regular
+        self.repos: dict[str, Repo] = {}
+        self.blobs: dict[str, bytes] = {}  # git oid -> content (regular files)
+        self.lfs: dict[str, bytes] = {}  # sha256 -> content
+        self.upload_tickets: dict[str, str] = {}  # ticket -> expected sha256
+        self.requests: list[Logged] = []
+        self.unhandled: list[str] = []
+        self.lock = threading.RLock()
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    # -- lifecycle --------------------------------------------------------
+    @property
+    def endpoint(self) -> str:
+        host, port = self.httpd.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def __enter__(self) -> "HubServer":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    # -- test helpers -----------------------------------------------------
+    def clear_log(self) -> None:
+        with self.lock:
+            self.requests.clear()
+
+    def count(self, method: str, pattern: str = "") -> int:
+        rx = re.compile(pattern)
+        return sum(1 for r in self.requests if r.method == method and rx.search(r.path))
+
+    def downloads(self) -> list[str]:
+        """Repo paths whose content was sent (GET on resolve)."""
+        out = []
+        for r in self.requests:
+            m = re.match(r"^/datasets/[^/]+/[^/]+/resolve/[^/]+/(.+)$", r.path)
+            if r.method == "GET" and m and r.status in (200, 206):
+                out.append(m.group(1))
+        return out
+
+    def uploads(self) -> int:
+        """Requests that carried file content: LFS PUTs and commits."""
+        return self.count("PUT", r"^/lfs-upload/") + self.count("POST", r"/commit/")
+
+    def files(self, repo_id: str, revision: str = "main") -> dict[str, Entry]:
+        repo = self.repos[repo_id]
+        return dict(repo.commits[repo.refs.get(revision, revision)])
+
+    def content(self, entry: Entry) -> bytes:
+        return self.lfs[entry.sha256] if entry.sha256 else self.blobs[entry.oid]
+
+    def tamper(self, repo_id: str, path: str) -> None:
+        """Changes a stored file's bytes behind the recorded oid (a corrupt mirror)."""
+        entry = self.files(repo_id)[path]
+        data = bytearray(self.content(entry))
+        data[len(data) // 2] ^= 0xFF
+        if entry.sha256:
+            self.lfs[entry.sha256] = bytes(data)
+        else:
+            self.blobs[entry.oid] = bytes(data)
+
+    # -- repository model -------------------------------------------------
+    def _store(self, data: bytes, lfs: bool) -> Entry:
+        if lfs:
+            sha = hashlib.sha256(data).hexdigest()
+            self.lfs[sha] = data
+            pointer = f"version https://git-lfs.github.com/spec/v1\noid sha256:{sha}\nsize {len(data)}\n".encode()
+            return Entry(git_blob_oid(pointer), len(data), sha)
+        oid = git_blob_oid(data)
+        self.blobs[oid] = data
+        return Entry(oid, len(data))
+
+    def _commit(self, repo: Repo, branch: str, files: dict, message: str) -> str:
+        parent = repo.refs.get(branch)
+        tree = json.dumps(sorted((p, e.oid) for p, e in files.items()))
+        sha = hashlib.sha1(f"tree {tree}\nparent {parent}\n\n{message}\n{secrets.token_hex(4)}".encode()).hexdigest()
+        repo.commits[sha] = files
+        repo.refs[branch] = sha
+        return sha
+
+    def create(self, repo_id: str, private: bool = False) -> Repo:
+        repo = Repo(repo_id, private)
+        self.repos[repo_id] = repo
+        self._commit(repo, "main", {".gitattributes": self._store(GITATTRIBUTES, False)}, "initial commit")
+        return repo
+
+
+# -- HTTP -------------------------------------------------------------------
+class HubError(Exception):
+    def __init__(self, status: int, message: str, code: str | None = None, headers: dict | None = None):
+        super().__init__(message)
+        self.status, self.code, self.headers = status, code, headers or {}
+
+
+_API_REPO = r"/api/datasets/(?P<org>[^/]+)/(?P<name>[^/]+)"
+ROUTES = [
+    ("POST", r"^/api/repos/create$", "create_repo"),
+    ("GET", _API_REPO + r"(?:/revision/(?P<rev>[^/]+))?$", "repo_info"),
+    ("GET", _API_REPO + r"/tree/(?P<rev>[^/]+)(?:/(?P<path>.+))?$", "tree"),
+    ("POST", _API_REPO + r"/preupload/(?P<rev>[^/]+)$", "preupload"),
+    ("POST", _API_REPO + r"/commit/(?P<rev>[^/]+)$", "commit"),
+    ("POST", r"^/datasets/(?P<org>[^/]+)/(?P<name>[^/]+)\.git/info/lfs/objects/batch$", "lfs_batch"),
+    ("PUT", r"^/lfs-upload/(?P<ticket>[0-9a-f]+)$", "lfs_put"),
+    ("GET", r"^/datasets/(?P<org>[^/]+)/(?P<name>[^/]+)/resolve/(?P<rev>[^/]+)/(?P<path>.+)$", "resolve"),
+    ("HEAD", r"^/datasets/(?P<org>[^/]+)/(?P<name>[^/]+)/resolve/(?P<rev>[^/]+)/(?P<path>.+)$", "resolve"),
+]
+
+
+def _handler_for(hub: HubServer):
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args) -> None:  # keep pytest output clean
+            pass
+
+        def do_GET(self):
+            self._dispatch("GET")
+
+        def do_HEAD(self):
+            self._dispatch("HEAD")
+
+        def do_POST(self):
+            self._dispatch("POST")
+
+        def do_PUT(self):
+            self._dispatch("PUT")
+
+        # -- plumbing -----------------------------------------------------
+        def _dispatch(self, method: str) -> None:
+            url = urlsplit(self.path)
+            self.query = parse_qs(url.query)
+            length = int(self.headers.get("Content-Length") or 0)
+            self.body = self.rfile.read(length) if length else b""
+            status = 500
+            try:
+                self._check_token()
+                for m, pattern, name in ROUTES:
+                    match = re.match(pattern, url.path) if m == method else None
+                    if match:
+                        args = {k: unquote(v) if v is not None else None for k, v in match.groupdict().items()}
+                        status = getattr(self, name)(**args)
+                        break
+                else:
+                    with hub.lock:
+                        hub.unhandled.append(f"{method} {self.path}")
+                    raise HubError(404, f"not served by the test hub: {method} {url.path}")
+            except HubError as e:
+                status = e.status
+                self._send_json({"error": str(e)}, status, {**({"X-Error-Code": e.code} if e.code else {}), "X-Error-Message": str(e), **e.headers})
+            finally:
+                with hub.lock:
+                    hub.requests.append(Logged(method, unquote(url.path), status))
+
+        def _send(self, status: int, body: bytes = b"", headers: dict | None = None) -> int:
+            self.send_response(status)
+            headers = {"Content-Type": "application/octet-stream", **(headers or {})}
+            headers.setdefault("Content-Length", str(len(body)))
+            for k, v in headers.items():
+                self.send_header(k, v)
+            self.end_headers()
+            if self.command != "HEAD" and body:
+                self.wfile.write(body)
+            return status
+
+        def _send_json(self, obj, status: int = 200, headers: dict | None = None) -> int:
+            return self._send(status, json.dumps(obj).encode(), {"Content-Type": "application/json", **(headers or {})})
+
+        def _json_body(self):
+            try:
+                return json.loads(self.body or b"{}")
+            except ValueError:
+                raise HubError(400, "body is not JSON") from None
+
+        # -- auth ---------------------------------------------------------
+        def _token(self) -> str | None:
+            auth = self.headers.get("Authorization") or ""
+            return auth[7:] if auth.startswith("Bearer ") else None
+
+        def _check_token(self) -> None:
+            tok = self._token()
+            if tok is not None and tok not in hub.tokens:
+                raise HubError(401, "Invalid credentials in Authorization header")
+
+        def _require_write(self) -> None:
+            tok = self._token()
+            if tok is None:
+                raise HubError(401, "You must be authenticated to write")
+            if hub.tokens.get(tok) != WRITE:
+                raise HubError(403, "Your token does not have write access")
+
+        def _repo(self, org: str, name: str) -> Repo:
+            repo = hub.repos.get(f"{org}/{name}")
+            if repo is None or (repo.private and self._token() not in hub.tokens):
+                raise HubError(404, "Repository not found", "RepoNotFound")
+            return repo
+
+        def _revision(self, repo: Repo, rev: str | None) -> tuple[str, dict]:
+            rev = rev or "main"
+            sha = repo.refs.get(rev, rev)
+            if sha not in repo.commits:
+                raise HubError(404, f"Invalid rev id: {rev}", "RevisionNotFound")
+            return sha, repo.commits[sha]
+
+        # -- endpoints ----------------------------------------------------
+        def create_repo(self) -> int:
+            self._require_write()
+            body = self._json_body()
+            if body.get("type") != "dataset":
+                raise HubError(400, "the test hub only hosts dataset repos")
+            repo_id = f"{body.get('organization') or 'user'}/{body['name']}"
+            url = f"{hub.endpoint}/datasets/{repo_id}"
+            with hub.lock:
+                if repo_id in hub.repos:
+                    raise HubError(409, "You already created this dataset repo", headers={})
+                hub.create(repo_id, bool(body.get("private")))
+            return self._send_json({"url": url, "name": repo_id, "id": repo_id})
+
+        def repo_info(self, org, name, rev=None) -> int:
+            repo = self._repo(org, name)
+            sha, files = self._revision(repo, rev)
+            return self._send_json({
+                "id": repo.repo_id, "author": org, "sha": sha, "private": repo.private,
+                "siblings": [{"rfilename": p} for p in sorted(files)],
+                "lastModified": "2026-01-01T00:00:00.000Z", "createdAt": "2026-01-01T00:00:00.000Z",
+            })
+
+        def tree(self, org, name, rev, path=None) -> int:
+            repo = self._repo(org, name)
+            sha, files = self._revision(repo, rev)
+            recursive = (self.query.get("recursive") or ["false"])[0].lower() in ("1", "true")
+            base = (path or "").strip("/")
+            prefix = base + "/" if base else ""
+            out, dirs = [], set()
+            for p in sorted(files):
+                if not p.startswith(prefix):
+                    continue
+                rest = p[len(prefix):]
+                parts = rest.split("/")
+                for i in range(1, len(parts)):
+                    d = prefix + "/".join(parts[:i])
+                    if (recursive or i == 1) and d not in dirs:
+                        dirs.add(d)
+                        out.append({"type": "directory", "oid": hashlib.sha1(d.encode()).hexdigest(), "path": d})
+                if recursive or len(parts) == 1:
+                    out.append(files[p].tree_json(p))
+            if base and not out:
+                raise HubError(404, f"{base} does not exist on {rev}", "EntryNotFound", {"X-Repo-Commit": sha})
+            return self._send_json(out)
+
+        def preupload(self, org, name, rev) -> int:
+            self._require_write()
+            repo = self._repo(org, name)
+            _, files = self._revision(repo, rev)
+            answer = []
+            for f in self._json_body().get("files", []):
+                lfs = hub.lfs_threshold is not None and f["size"] >= hub.lfs_threshold
+                existing = files.get(f["path"])
+                oid = None
+                if existing is not None:
+                    oid = existing.sha256 if lfs else (None if existing.sha256 else existing.oid)
+                answer.append({"path": f["path"], "uploadMode": "lfs" if lfs else "regular", "shouldIgnore": False, "oid": oid})
+            return self._send_json({"files": answer, "commitOid": repo.refs["main"]})
+
+        def lfs_batch(self, org, name) -> int:
+            self._require_write()
+            self._repo(org, name)
+            body = self._json_body()
+            objects = []
+            for obj in body.get("objects", []):
+                item = {"oid": obj["oid"], "size": obj["size"], "authenticated": True}
+                if obj["oid"] not in hub.lfs:
+                    ticket = secrets.token_hex(8)
+                    hub.upload_tickets[ticket] = obj["oid"]
+                    item["actions"] = {"upload": {"href": f"{hub.endpoint}/lfs-upload/{ticket}", "header": {}}}
+                objects.append(item)
+            return self._send_json({"transfer": "basic", "objects": objects})
+
+        def lfs_put(self, ticket) -> int:
+            sha = hub.upload_tickets.pop(ticket, None)
+            if sha is None or hashlib.sha256(self.body).hexdigest() != sha:
+                raise HubError(400, "unknown upload or content does not match its oid")
+            with hub.lock:
+                hub.lfs[sha] = self.body
+            return self._send(200)
+
+        def commit(self, org, name, rev) -> int:
+            self._require_write()
+            repo = self._repo(org, name)
+            if rev not in repo.refs:
+                raise HubError(400, f"can only commit to a branch, not {rev}")
+            lines = [json.loads(line) for line in self.body.splitlines() if line.strip()]
+            with hub.lock:
+                files = dict(repo.commits[repo.refs[rev]])
+                message = ""
+                for line in lines:
+                    key, value = line["key"], line["value"]
+                    if key == "header":
+                        message = value.get("summary", "")
+                        parent = value.get("parentCommit")
+                        if parent and parent != repo.refs[rev]:
+                            raise HubError(412, "A commit has happened since. Please refresh and try again.")
+                    elif key == "file":
+                        files[value["path"]] = hub._store(base64.b64decode(value["content"]), False)
+                    elif key == "lfsFile":
+                        data = hub.lfs.get(value["oid"])
+                        if data is None:
+                            raise HubError(400, f"LFS object {value['oid']} was never uploaded")
+                        files[value["path"]] = hub._store(data, True)
+                    elif key == "deletedFile":
+                        files.pop(value["path"], None)
+                    elif key == "deletedFolder":
+                        folder = value["path"].rstrip("/") + "/"
+                        files = {p: e for p, e in files.items() if not p.startswith(folder)}
+                    else:
+                        raise HubError(400, f"unknown commit operation {key}")
+                sha = hub._commit(repo, rev, files, message)
+            return self._send_json({
+                "success": True, "commitOid": sha,
+                "commitUrl": f"{hub.endpoint}/datasets/{repo.repo_id}/commit/{sha}",
+            })
+
+        def resolve(self, org, name, rev, path) -> int:
+            repo = self._repo(org, name)
+            sha, files = self._revision(repo, rev)
+            entry = files.get(path)
+            if entry is None:
+                raise HubError(404, f"Entry not found: {path}", "EntryNotFound", {"X-Repo-Commit": sha})
+            data = hub.content(entry)
+            headers = {"X-Repo-Commit": sha, "ETag": f'"{entry.oid}"', "Accept-Ranges": "bytes"}
+            if entry.sha256:
+                headers.update({"X-Linked-Etag": f'"{entry.sha256}"', "X-Linked-Size": str(entry.size)})
+            status, body = 200, data
+            rng = self.headers.get("Range")
+            m = re.match(r"^bytes=(\d+)-(\d*)$", rng or "")
+            if m:
+                start = int(m.group(1))
+                stop = int(m.group(2)) + 1 if m.group(2) else len(data)
+                if start >= len(data) and len(data):
+                    raise HubError(416, "Range Not Satisfiable", headers={"Content-Range": f"bytes */{len(data)}"})
+                body = data[start:stop]
+                status = 206
+                headers["Content-Range"] = f"bytes {start}-{start + len(body) - 1}/{len(data)}"
+            return self._send(status, body, headers)
+
+    return Handler
