@@ -1,0 +1,341 @@
+"""``diff``: stream two stores block by block and build a Report."""
+
+from __future__ import annotations
+
+import logging
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from schemas.store import GENERATED, PROMPT, Store
+
+from . import metrics
+from .plan import KINDS, Pairs, Plan, blocks, build_plan, check_compatible
+from .report import Report, kl_by_confidence, nan_mask, summarize
+from .thresholds import Thresholds
+
+log = logging.getLogger("parity")
+
+BLOCK_BYTES = 16 << 20  # raw float32 bytes per side per block
+MAX_BLOCK_ROWS = 256
+MAX_TOPN_BLOCK_ROWS = 2048
+SNIPPET = 3  # head and tail entries shown for the worst position
+
+Progress = Callable[[int, int], None]
+Decode = Callable[[int], str]
+
+
+def _open(x: str | Path | Store) -> Store:
+    return x if isinstance(x, Store) else Store.open(x)
+
+
+def block_rows_for(width: int, full: bool) -> int:
+    rows = BLOCK_BYTES // max(4 * width, 1)
+    cap = MAX_BLOCK_ROWS if full else MAX_TOPN_BLOCK_ROWS
+    return int(min(max((rows // 16) * 16, 16), cap))
+
+
+class _Reader:
+    """Reads the next block of both stores in worker threads while the
+    current one is compared (decoding runs outside the GIL in blosc)."""
+
+    def __init__(self, ref: Store, cand: Store, kind: str):
+        self.ref, self.cand, self.kind = ref, cand, kind
+        self.ids = (not ref.full_vocab, not cand.full_vocab)
+        self.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="parity-diff")
+
+    def submit(self, pairs: Pairs, a: int, b: int) -> list[Future]:
+        ra, ca = int(pairs.ref[a]), int(pairs.cand[a])
+        n = b - a
+        jobs = [
+            self.pool.submit(self.ref.rows, self.kind, ra, ra + n),
+            self.pool.submit(self.cand.rows, self.kind, ca, ca + n),
+        ]
+        jobs.append(self.pool.submit(self.ref.rows, self.kind, ra, ra + n, True) if self.ids[0] else None)
+        jobs.append(self.pool.submit(self.cand.rows, self.kind, ca, ca + n, True) if self.ids[1] else None)
+        return jobs
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _result(f: Future | None):
+    return None if f is None else f.result()
+
+
+def compare_kind(ref: Store, cand: Store, kind: str, pairs: Pairs, eps: float, tick: Callable[[int], None]) -> dict[str, np.ndarray]:
+    """Per-position metrics for every pair of one row kind."""
+    n = len(pairs)
+    out = metrics.empty(n)
+    if n == 0:
+        return out
+    full = ref.full_vocab and cand.full_vocab
+    width = ref.vocab_size if full else max(ref.vocab_size if ref.full_vocab else ref.manifest.request.logprobs, 1)
+    cuts = blocks(pairs, block_rows_for(width, full))
+    reader = _Reader(ref, cand, kind)
+    try:
+        pending = reader.submit(pairs, *cuts[0])
+        for i, (a, b) in enumerate(cuts):
+            current = pending
+            if i + 1 < len(cuts):
+                pending = reader.submit(pairs, *cuts[i + 1])
+            x, y, xi, yi = (_result(f) for f in current)
+            if full:
+                got = metrics.full_block(x, y, eps)
+            else:
+                got = metrics.topn_block(metrics.Side(x, xi), metrics.Side(y, yi), eps)
+            for k, v in got.items():
+                out[k][a:b] = v
+            tick(b - a)
+    finally:
+        reader.close()
+    return out
+
+
+def _text(decode: Decode | None, token: int | None) -> str | None:
+    if decode is None or token is None or token < 0:
+        return None
+    try:
+        return decode(int(token))
+    except Exception as e:  # a user's decoder must not sink the report
+        log.warning("decode(%d) failed: %s", token, e)
+        return None
+
+
+def _read_row(store: Store, kind: str, row: int) -> tuple[np.ndarray, np.ndarray | None]:
+    values = store.rows(kind, row, row + 1)[0]
+    ids = None if store.full_vocab else store.rows(kind, row, row + 1, ids=True)[0]
+    return values, ids
+
+
+def _divergence(ref: Store, cand: Store, plan: Plan, top_n: int, decode: Decode | None) -> dict[int, dict]:
+    """vLLM's rule at each sequence's first divergent token: each side's token
+    must be within the other's top-N."""
+    out: dict[int, dict] = {}
+    r_off, c_off = ref.row_offsets(GENERATED), cand.row_offsets(GENERATED)
+    for sp in plan.sequences:
+        if sp.first_divergence is None:
+            continue
+        j = sp.first_divergence
+        rv, ri = _read_row(ref, GENERATED, int(r_off[sp.index] + j))
+        cv, ci = _read_row(cand, GENERATED, int(c_off[sp.index] + j))
+        r_in_c = metrics.rank_in_row(cv, ci, sp.ref_token)
+        c_in_r = metrics.rank_in_row(rv, ri, sp.cand_token)
+        listed = min(n for n in (len(rv), len(cv)))
+        ok = bool(r_in_c <= top_n and c_in_r <= top_n)  # NaN (not listed) fails
+        out[sp.index] = {
+            "generated_index": j,
+            "position": sp.prompt_len + j,
+            "ref_token": sp.ref_token,
+            "cand_token": sp.cand_token,
+            "ref_text": _text(decode, sp.ref_token),
+            "cand_text": _text(decode, sp.cand_token),
+            "ref_token_rank_in_cand": r_in_c,
+            "cand_token_rank_in_ref": c_in_r,
+            "top_n": top_n if listed >= top_n else listed,
+            "passes": ok,
+        }
+    return out
+
+
+def _worst_detail(ref: Store, cand: Store, kind: str, ref_row: int, cand_row: int, eps: float) -> dict:
+    rv, ri = _read_row(ref, kind, ref_row)
+    cv, ci = _read_row(cand, kind, cand_row)
+
+    def top(values, ids):
+        lid, lv = metrics.Side(values[None, :], None if ids is None else ids[None, :]).listed(5)
+        return [[int(i), float(v)] for i, v in zip(lid[0][:5], lv[0][:5])]
+
+    def snippet(values, ids):
+        if ids is not None:  # top-N: show listed values in id order
+            values = values[np.argsort(ids)]
+        return {"head": [float(v) for v in values[:SNIPPET]], "tail": [float(v) for v in values[-SNIPPET:]]}
+
+    return {
+        "kind": kind,
+        "width": {"reference": int(len(rv)), "candidate": int(len(cv))},
+        "top5": {"reference": top(rv, ri), "candidate": top(cv, ci)},
+        "snippet": {"reference": snippet(rv, ri), "candidate": snippet(cv, ci)},
+    }
+
+
+def _store_info(store: Store) -> dict:
+    m = store.manifest
+    return {
+        "path": str(store.path),
+        "digest": m.digest,
+        "model": m.request.model.id,
+        "weights_digest": m.request.model.weights_digest,
+        "tokenizer_digest": m.request.model.tokenizer_digest,
+        "device": m.device.kind,
+        "dtype": m.request.dtype,
+        "logprobs": m.request.logprobs,
+        "vocab_size": m.vocab_size,
+        "versions": dict(m.device.versions),
+        "created_at": m.created_at,
+        "sequences": len(m.sequences),
+        "positions": {"generated": m.generated_positions, "prompt": m.prompt_positions},
+    }
+
+
+def _slices(seq: np.ndarray, index: int) -> slice:
+    a, b = np.searchsorted(seq, [index, index + 1])
+    return slice(int(a), int(b))
+
+
+def _seq_summary(pos: dict[str, np.ndarray], seq: np.ndarray, index: int) -> dict:
+    sl = _slices(seq, index)
+    kl = pos["kl"][sl]
+    fin = kl[np.isfinite(kl)]
+    notnan = kl[~np.isnan(kl)]
+    top1 = pos["top1"][sl]
+    return {
+        "positions": int(len(kl)),
+        "kl_mean": float(fin.mean()) if len(fin) else None,
+        "kl_max": float(notnan.max()) if len(notnan) else None,
+        "top1_agreement": float(top1.mean()) if len(top1) else None,
+        "nan_positions": int(np.count_nonzero(nan_mask({k: v[sl] for k, v in pos.items()}))),
+        "_first_top1_mismatch": int(np.argmin(top1)) if len(top1) and not top1.all() else None,
+    }
+
+
+def diff(
+    reference: str | Path | Store,
+    candidate: str | Path | Store,
+    *,
+    thresholds: Thresholds | None = None,
+    eps: float = 0.5,
+    top_n_rule: int = 5,
+    worst: int = 10,
+    decode: Decode | None = None,
+    progress: Progress | None = None,
+) -> Report:
+    """Compares two stores position by position; see the package docstring."""
+    t0 = time.perf_counter()
+    ref, cand = _open(reference), _open(candidate)
+    warnings = check_compatible(ref, cand)
+    plan = build_plan(ref, cand)
+    warnings += plan.warnings
+    total = plan.total_rows
+    done = 0
+
+    def tick(n: int) -> None:
+        nonlocal done
+        done += n
+        if progress is not None:
+            progress(done, total)
+
+    log.info("diff: %s vs %s, %d row pairs (%s)", ref.path, cand.path, total,
+             "forced trajectory" if plan.forced else "free-running")
+    if progress is not None:
+        progress(0, total)
+    positions = {
+        kind: compare_kind(ref, cand, kind, plan.pairs[kind], eps, tick) for kind in KINDS
+    }
+    gen, pr = positions[GENERATED], positions[PROMPT]
+    for kind in KINDS:
+        for k in ("seq", "pos", "token"):
+            positions[kind][k] = getattr(plan.pairs[kind], k)
+
+    common = sum(sp.common for sp in plan.sequences)
+    matched = sum(sp.common if sp.first_divergence is None else sp.first_divergence for sp in plan.sequences)
+    summary = summarize(gen, matched / common if common else None)
+    prompt = summarize(pr) if len(plan.pairs[PROMPT]) else None
+
+    divergence = _divergence(ref, cand, plan, top_n_rule, decode)
+    sequences = []
+    for sp in plan.sequences:
+        s = _seq_summary(gen, plan.pairs[GENERATED].seq, sp.index)
+        first_top1 = s.pop("_first_top1_mismatch")
+        p = _seq_summary(pr, plan.pairs[PROMPT].seq, sp.index) if prompt else None
+        if p:
+            p.pop("_first_top1_mismatch")
+        sequences.append({
+            "index": sp.index,
+            "positions": s["positions"],
+            "first_divergence": sp.first_divergence,
+            "kl_mean": s["kl_mean"],
+            "kl_max": s["kl_max"],
+            "top1_agreement": s["top1_agreement"],
+            "nan_positions": s["nan_positions"],
+            "prompt_len": sp.prompt_len,
+            "generated": {"reference": sp.ref_len, "candidate": sp.cand_len, "common": sp.common},
+            "first_divergence_position": None if sp.first_divergence is None else sp.prompt_len + sp.first_divergence,
+            "first_top1_mismatch": first_top1,
+            "divergence": divergence.get(sp.index),
+            "prompt": p,
+        })
+
+    worst_list, detail = _worst(ref, cand, plan, positions, worst, decode, eps)
+    report = Report(
+        reference=_store_info(ref),
+        candidate=_store_info(cand),
+        forced=plan.forced,
+        summary=summary,
+        prompt=prompt,
+        sequences=sequences,
+        worst=worst_list,
+        thresholds=thresholds or Thresholds(),
+        warnings=warnings,
+        kl_by_confidence=kl_by_confidence(gen),
+        worst_detail=detail,
+        eps=eps,
+        top_n_rule=top_n_rule,
+        positions=positions,
+    )
+    log.info("diff done in %.2fs: verdict %s", time.perf_counter() - t0, report.verdict)
+    return report
+
+
+def _worst(ref: Store, cand: Store, plan: Plan, positions: dict, n: int, decode: Decode | None, eps: float):
+    """The n positions with the largest KL (NaN first, then inf), both kinds."""
+    def rank_key(kl: float) -> tuple[bool, float]:
+        return (not np.isnan(kl), 0.0 if np.isnan(kl) else -kl)
+
+    rows = []
+    for kind in KINDS:
+        kl = positions[kind]["kl"]
+        order = np.lexsort((-np.nan_to_num(kl, nan=0.0), ~np.isnan(kl)))[:n]
+        rows += [(rank_key(float(kl[i])), kind, int(i)) for i in order]
+    rows = [(kind, i) for _, kind, i in sorted(rows, key=lambda r: r[0])[:n]]
+    out = []
+    for kind, i in rows:
+        p = positions[kind]
+        out.append({
+            "kind": kind,
+            "sequence": int(p["seq"][i]),
+            "position": int(p["pos"][i]),
+            "kl": float(p["kl"][i]),
+            "token": int(p["token"][i]),
+            "token_text": _text(decode, int(p["token"][i])),
+            "ref_top": int(p["ref_top"][i]),
+            "cand_top": int(p["cand_top"][i]),
+            "ref_top_text": _text(decode, int(p["ref_top"][i])),
+            "cand_top_text": _text(decode, int(p["cand_top"][i])),
+            "ref_conf": float(p["ref_conf"][i]),
+            "delta_p": float(p["delta_p"][i]),
+            "max_abs": float(p["max_abs"][i]),
+            "top1": bool(p["top1"][i]),
+        })
+    detail = None
+    if rows:
+        kind, i = rows[0]
+        pairs = plan.pairs[kind]
+        p = positions[kind]
+        detail = _worst_detail(ref, cand, kind, int(pairs.ref[i]), int(pairs.cand[i]), eps)
+        detail.update({
+            "sequence": int(p["seq"][i]),
+            "position": int(p["pos"][i]),
+            "kl": float(p["kl"][i]),
+            "finite": int(p["finite"][i]),
+            "outliers": int(p["outliers"][i]),
+            "max_abs": float(p["max_abs"][i]),
+            "mean_abs": float(p["mean_abs"][i]),
+            "pearson": float(p["pearson"][i]),
+            "eps": eps,
+            "vocab_size": ref.vocab_size,
+        })
+    return out, detail
