@@ -1,0 +1,360 @@
+"""The `parity` command line. Thin: validate, call one library function, report.
+
+This is the only module that imports typer. Heavy libraries (vllm, torch) are
+imported inside the commands that need them, so `parity diff --help` is fast.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from parity import __version__
+from parity.errors import ParityError, StoreCorruptError, UsageError
+from parity.output import Output, human_bytes, stdout_to_stderr
+from parity.settings import settings
+
+app = typer.Typer(
+    name="parity",
+    help="Record golden next-token distributions and diff them across devices.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+# Shared option aliases -------------------------------------------------------
+StoreArg = Annotated[str, typer.Argument(help="A store directory, or a hub reference (hf://datasets/ORG/NAME/...).")]
+RepoOpt = Annotated[Optional[str], typer.Option("--repo", help="Hub dataset repository ORG/NAME.")]
+JsonFlag = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
+NoColor = Annotated[bool, typer.Option("--no-color", help="Disable ANSI colours.")]
+OutDir = Annotated[Optional[Path], typer.Option("--out", help="Directory in which the store is created (default: the parity cache).")]
+
+
+def _setup_logging() -> None:
+    level = logging.DEBUG if settings().debug else logging.INFO
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger = logging.getLogger("parity")
+    logger.handlers[:] = [handler]
+    logger.setLevel(level)
+    logger.propagate = False
+
+
+# record -----------------------------------------------------------------------
+@app.command()
+def record(
+    device: Annotated[str, typer.Option("--device", help="cpu | rbln.")] = "cpu",
+    model: Annotated[str, typer.Option("--model", help="Preset name, Hugging Face id, or local model directory.")] = "tiny",
+    golden: Annotated[Optional[str], typer.Option("--golden", help="Follow this golden's token trajectory (store path or hub reference/repo).")] = None,
+    prompts: Annotated[Optional[list[str]], typer.Option("--prompts", help="A prompt (repeat the option for more).")] = None,
+    prompts_file: Annotated[Optional[Path], typer.Option("--prompts-file", help=".txt (one prompt per line) or .jsonl ({\"prompt\": ...} per line).")] = None,
+    num_prompts: Annotated[Optional[int], typer.Option("--num-prompts", help="Use this many prompts (cycling the list).")] = None,
+    max_tokens: Annotated[int, typer.Option("--max-tokens", help="Tokens to generate per prompt.")] = 32,
+    logprobs: Annotated[int, typer.Option("--logprobs", help="-1: full vocabulary; N: top-N ids and values.")] = -1,
+    prompt_logprobs: Annotated[Optional[bool], typer.Option("--prompt-logprobs/--no-prompt-logprobs", help="Record prompt positions (default: on for cpu, off for rbln).")] = None,
+    num_hidden_layers: Annotated[Optional[int], typer.Option("--num-hidden-layers", help="Override the model's layer count.")] = None,
+    max_model_len: Annotated[int, typer.Option("--max-model-len")] = 1024,
+    dtype: Annotated[str, typer.Option("--dtype")] = "float32",
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    batch: Annotated[int, typer.Option("--batch", help="max_num_seqs; 1 keeps CPU numerics batch-independent.")] = 1,
+    tp: Annotated[int, typer.Option("--tp")] = 1,
+    pp: Annotated[int, typer.Option("--pp")] = 1,
+    dp: Annotated[int, typer.Option("--dp")] = 1,
+    ep: Annotated[bool, typer.Option("--ep", help="Expert parallel (MoE).")] = False,
+    block_size: Annotated[Optional[int], typer.Option("--block-size")] = None,
+    trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code")] = False,
+    out: OutDir = None,
+    repo: RepoOpt = None,
+    diff: Annotated[bool, typer.Option("--diff", help="Diff against the golden at the end and print the report.")] = False,
+    no_color: NoColor = False,
+) -> None:
+    """Record full-vocabulary logprobs for every position into a new store."""
+    from recorder import EngineOptions, RecordConfig, record as run_record
+
+    sink = Output(progress=not settings().no_progress)
+    golden_path = _resolve_golden(golden, repo, device, sink, model=model) if golden else None
+    cfg = RecordConfig(
+        model=model, device=device, prompts=prompts, prompts_file=prompts_file, num_prompts=num_prompts,
+        max_tokens=max_tokens, logprobs=logprobs, prompt_logprobs=prompt_logprobs, out=out, golden=golden_path,
+        engine=EngineOptions(
+            dtype=dtype, max_model_len=max_model_len, seed=seed, batch=batch, tp=tp, pp=pp, dp=dp, ep=ep,
+            block_size=block_size, num_hidden_layers=num_hidden_layers, trust_remote_code=trust_remote_code,
+        ),
+    )
+    if batch < 1 or tp < 1 or pp < 1 or dp < 1:
+        raise UsageError("--batch, --tp, --pp and --dp must be at least 1")
+    with stdout_to_stderr():
+        result = run_record(cfg, progress=lambda p: sink.bar(
+            p.positions, p.total, f"{p.positions / max(p.elapsed, 1e-9):.0f} pos/s {human_bytes(p.bytes_written)}"))
+    sink.finish()
+    m = result.manifest
+    sink.note(
+        f"recorded {m.generated_positions} generated + {m.prompt_positions} prompt positions "
+        f"({len(m.sequences)} sequences, vocab {m.vocab_size}) at "
+        f"{result.timings.get('generated_tokens_per_s')} tok/s; digest {m.digest}"
+    )
+    if diff and golden_path is not None:
+        _print_diff(golden_path, result.path, sink, color=not no_color)
+    sink.result(str(result.path))
+
+
+def _resolve_golden(golden: str, repo: str | None, device: str, sink: Output, *, model: str) -> Path:
+    local = Path(golden).expanduser()
+    if local.exists():
+        return local
+    import goldens
+
+    if goldens.is_hub_reference(golden) or repo:
+        return goldens.resolve_store(golden, repo=repo)
+    raise UsageError(f"--golden {golden!r} is neither a store directory nor a hub reference")
+
+
+# diff -------------------------------------------------------------------------
+@app.command()
+def diff(
+    reference: StoreArg,
+    candidate: StoreArg,
+    repo: RepoOpt = None,
+    max_kl: Annotated[Optional[float], typer.Option("--max-kl", help="Fail if any position's KL exceeds this (nats).")] = None,
+    max_mean_kl: Annotated[Optional[float], typer.Option("--max-mean-kl")] = None,
+    min_top1: Annotated[Optional[float], typer.Option("--min-top1", help="Minimum argmax agreement rate (0-1).")] = None,
+    max_abs: Annotated[Optional[float], typer.Option("--max-abs", help="Maximum |delta logprob|.")] = None,
+    tolerance: Annotated[Optional[str], typer.Option("--tolerance", help="Named thresholds: fp32 | bf16.")] = None,
+    eps: Annotated[float, typer.Option("--eps", help="Outlier threshold on |delta logprob|.")] = 0.5,
+    worst: Annotated[int, typer.Option("--worst", help="How many worst positions to list.")] = 10,
+    json_path: Annotated[Optional[Path], typer.Option("--json", help="Write the JSON report here.")] = None,
+    html_path: Annotated[Optional[Path], typer.Option("--html", help="Write a self-contained HTML report here.")] = None,
+    no_color: NoColor = False,
+) -> None:
+    """Compare two stores: KL, top-k agreement, deltas, first divergence, verdict.
+
+    Exit 0: pass (or report only), 1: fail, 2: unusable input.
+    """
+    import differ
+
+    thresholds = differ.Thresholds(max_kl=max_kl, max_mean_kl=max_mean_kl, min_top1=min_top1, max_abs=max_abs)
+    if tolerance:
+        thresholds = differ.Thresholds.preset(tolerance).merge(thresholds)
+    ref, cand = (_resolve_any(s, repo) for s in (reference, candidate))
+    sink = Output(progress=not settings().no_progress)
+    report = differ.diff(ref, cand, thresholds=thresholds, eps=eps, worst=worst,
+                         progress=lambda done, total: sink.bar(done, total, "rows"))
+    sink.finish()
+    if json_path:
+        report.write_json(json_path)
+    if html_path:
+        _atomic_write_text(html_path, differ.render_html(report))
+    sink.result(differ.render_text(report, color=not no_color and sink.color))
+    raise typer.Exit(report.exit_code)
+
+
+def _print_diff(ref: Path, cand: Path, sink: Output, *, color: bool) -> None:
+    import differ
+
+    report = differ.diff(ref, cand)
+    sink.note(differ.render_text(report, color=color and sink.is_tty))
+
+
+def _resolve_any(ref: str, repo: str | None) -> Path:
+    local = Path(ref).expanduser()
+    if local.exists():
+        return local
+    try:
+        import goldens
+    except ImportError:
+        return local
+    if goldens.is_hub_reference(ref) or repo:
+        return goldens.resolve_store(ref, repo=repo)
+    return local
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+# show / verify -----------------------------------------------------------------
+@app.command()
+def show(store: StoreArg, json_out: JsonFlag = False, repo: RepoOpt = None) -> None:
+    """Print a store's manifest summary (--json: the whole manifest)."""
+    from schemas import open_store
+
+    s = open_store(_resolve_any(store, repo))
+    m = s.manifest
+    sink = Output(json_mode=json_out)
+    if json_out:
+        sink.data(m.to_dict())
+        return
+    lines = [
+        f"store        {s.path}",
+        f"digest       {m.digest}",
+        f"request key  {m.request_key}",
+        f"model        {m.request.model.id} ({m.request.model.source}; weights {m.request.model.weights_digest})",
+        f"device       {m.device.kind}  " + " ".join(f"{k}={v}" for k, v in sorted(m.device.versions.items())),
+        f"logprobs     {'full vocabulary' if m.request.full_vocab else f'top-{m.request.logprobs}'}; "
+        f"prompt positions {'on' if m.request.prompt_logprobs else 'off'}; vocab {m.vocab_size}",
+        f"positions    {m.generated_positions} generated, {m.prompt_positions} prompt, {len(m.sequences)} sequences",
+        f"settings     dtype={m.request.dtype} max_tokens={m.request.max_tokens} max_model_len={m.request.max_model_len} seed={m.request.seed}",
+        f"run          {m.created_at}  capture={m.run.get('capture')}  forced={m.run.get('forced')}  golden={m.run.get('golden')}",
+        f"timings      {m.run.get('timings')}",
+    ]
+    if m.nan_rows:
+        lines.append(f"WARNING      {m.nan_rows} rows contain NaN")
+    for seq in m.sequences[:20]:
+        text = (seq.text or "").replace("\n", "\\n")
+        lines.append(f"  [{seq.index}] prompt {seq.prompt_len} + generated {seq.generated_len} ({seq.finish_reason}) {text[:70]!r}")
+    if len(m.sequences) > 20:
+        lines.append(f"  ... {len(m.sequences) - 20} more sequences")
+    sink.result("\n".join(lines))
+
+
+@app.command()
+def verify(store: StoreArg, repo: RepoOpt = None) -> None:
+    """Re-derive every digest of a store; exit 1 if anything does not match."""
+    from schemas import open_store
+
+    sink = Output()
+    s = open_store(_resolve_any(store, repo))
+    try:
+        m = s.verify()
+    except StoreCorruptError as e:
+        sink.error(e.one_line())
+        raise typer.Exit(1)
+    sink.result(f"ok {m.digest} (request key {m.request_key})")
+
+
+# hub -------------------------------------------------------------------------
+@app.command()
+def push(
+    store: StoreArg,
+    repo: Annotated[str, typer.Option("--repo", help="Hub dataset repository ORG/NAME.")],
+    private: Annotated[bool, typer.Option("--private", help="Create the repository as private.")] = False,
+) -> None:
+    """Upload a store to a Hub dataset repository (a no-op if it is there)."""
+    import goldens
+
+    sink = Output()
+    result = goldens.push(Path(store), repo, private=private)
+    sink.note(f"uploaded {result.files} files" if result.uploaded else "already on the Hub: nothing uploaded")
+    sink.result(result.ref)
+
+
+@app.command()
+def pull(
+    ref: Annotated[str, typer.Argument(help="hf://datasets/ORG/NAME[@REV]/PATH, or a digest (prefix) with --repo.")],
+    repo: RepoOpt = None,
+    revision: Annotated[Optional[str], typer.Option("--revision")] = None,
+) -> None:
+    """Download exactly one store into the Hugging Face cache and verify it."""
+    import goldens
+
+    path = goldens.pull(ref, repo=repo, revision=revision)
+    Output().result(str(path))
+
+
+@app.command("ls")
+def list_goldens(
+    repo: Annotated[str, typer.Option("--repo", help="Hub dataset repository ORG/NAME.")],
+    model: Annotated[Optional[str], typer.Option("--model", help="Only goldens of this model.")] = None,
+    json_out: JsonFlag = False,
+) -> None:
+    """List the goldens in a Hub repository without downloading arrays."""
+    import goldens
+
+    entries = goldens.list_goldens(repo, model=model)
+    sink = Output(json_mode=json_out)
+    if json_out:
+        sink.data([e.to_dict() for e in entries])
+        return
+    if not entries:
+        sink.note(f"no goldens in {repo}")
+        return
+    rows = [("MODEL", "DEVICE", "POSITIONS", "SIZE", "CREATED", "DIGEST")]
+    for e in entries:
+        rows.append((str(e.model), str(e.device), str(e.positions), human_bytes(e.size), str(e.created_at)[:19], e.digest))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    sink.result("\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows))
+
+
+# presets / demo ----------------------------------------------------------------
+@app.command()
+def presets() -> None:
+    """List the model presets."""
+    from recorder.presets import PRESETS
+
+    Output().result("\n".join(
+        f"{p.name:<18} {p.model_id:<40} {'--ep' if p.expert_parallel else ''} {p.note}".rstrip()
+        for p in PRESETS.values()
+    ))
+
+
+@app.command()
+def demo(
+    out: OutDir = None,
+    max_tokens: Annotated[int, typer.Option("--max-tokens")] = 24,
+    perturb: Annotated[float, typer.Option("--perturb", help="Relative weight noise of the candidate model.")] = 0.02,
+    no_color: NoColor = False,
+) -> None:
+    """Build a tiny local model, record a CPU golden, record a perturbed copy on its trajectory, diff."""
+    from recorder.demo import run_demo
+
+    sink = Output(progress=not settings().no_progress)
+    with stdout_to_stderr():
+        result = run_demo(out=out, max_tokens=max_tokens, perturb=perturb,
+                          progress=lambda p: sink.bar(p.positions, p.total, "positions"), note=sink.note)
+    sink.finish()
+    sink.result(result.report_text(color=not no_color and sink.color))
+    sink.result(str(result.candidate))
+
+
+@app.callback(invoke_without_command=True)
+def _main(version: Annotated[bool, typer.Option("--version", help="Show the version.")] = False) -> None:
+    _setup_logging()
+    if version:
+        Output().result(f"parity {__version__}")
+        raise typer.Exit(0)
+
+
+def main() -> None:
+    debug = settings().debug
+    if not debug:
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    try:
+        rc = app(standalone_mode=False)
+        if isinstance(rc, int) and rc:
+            sys.exit(rc)
+    except ParityError as e:
+        if debug:
+            raise
+        Output().error(e.one_line())
+        sys.exit(e.exit_code)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        Output().error("interrupted; nothing was published")
+        sys.exit(130)
+    except Exception as e:  # noqa: BLE001 - the contract is one line, never a traceback
+        import click
+
+        if isinstance(e, click.exceptions.ClickException):
+            e.show()
+            sys.exit(e.exit_code)
+        if isinstance(e, click.exceptions.Abort):
+            Output().error("aborted")
+            sys.exit(130)
+        if debug:
+            raise
+        Output().error(f"unexpected {type(e).__name__}: {e} (rerun with PARITY_DEBUG=1 for the traceback)")
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,71 @@
+"""The device-profile interface: one small module per device.
+
+A profile says whether its device can run here, which environment variables
+and engine arguments it needs, and how it reports its versions. Adding a
+device is one new module registered in ``devices/__init__.py``.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+import platform
+import socket
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """Device-independent engine settings taken from the command line."""
+
+    dtype: str = "float32"
+    max_model_len: int = 1024
+    seed: int = 0
+    batch: int = 1
+    tp: int = 1
+    pp: int = 1
+    dp: int = 1
+    ep: bool = False
+    block_size: int | None = None
+    num_hidden_layers: int | None = None
+    trust_remote_code: bool = False
+    max_num_batched_tokens: int | None = None
+    extra: dict = field(default_factory=dict)
+
+
+class DeviceProfile:
+    name: str = ""
+    # Whether prompt positions are recorded unless the user says otherwise.
+    prompt_logprobs_default: bool = True
+    install_hint: str = ""
+    packages: tuple[str, ...] = ()
+
+    def check_available(self) -> None:
+        """Raises DeviceUnavailableError (one line, with the install step) if absent."""
+
+    def environment(self, opts: EngineOptions, *, full_vocab: bool) -> dict[str, str]:
+        return {}
+
+    def engine_args(self, opts: EngineOptions) -> dict:
+        return {}
+
+    def versions(self) -> dict[str, str]:
+        return {name: _version(name) for name in self.packages}
+
+    def host(self) -> dict[str, str]:
+        return {"hostname": socket.gethostname(), "machine": platform.machine(), "python": platform.python_version()}
+
+
+def _version(dist: str) -> str:
+    try:
+        return md.version(dist)
+    except md.PackageNotFoundError:
+        return "not installed"
+
+
+def module_available(name: str) -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False

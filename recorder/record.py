@@ -1,0 +1,387 @@
+"""`record`: run one device through vLLM and write a parity store.
+
+Flow: validate everything that can be validated without the engine (model,
+prompts, output directory, device, lengths), start the engine in-process,
+stream every captured row into a StoreWriter, then commit the store under its
+content-addressed name. Anything that goes wrong before commit leaves only a
+hidden temporary directory, which is removed on the way out.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+import parity
+from parity.errors import EngineError, GoldenMismatchError, OutputNotWritableError, PromptError, UsageError
+from parity.settings import recorded_env, settings
+from schemas import Device, Manifest, ModelRef, Request, SequenceInfo, Store, StoreWriter
+from schemas.store import GENERATED, PROMPT
+
+from .devices import EngineOptions, get_profile
+from .inputs import load_prompts, resolve_model, tokenizer_digest, weights_digest
+
+log = logging.getLogger("parity")
+
+CAPTURE_TENSOR = "tensor"
+CAPTURE_PUBLIC = "public"
+
+
+@dataclass
+class RecordConfig:
+    model: str = "tiny"
+    device: str = "cpu"
+    prompts: list[str] | None = None
+    prompts_file: Path | None = None
+    num_prompts: int | None = None
+    max_tokens: int = 32
+    logprobs: int = -1
+    prompt_logprobs: bool | None = None  # None: the device's default
+    engine: EngineOptions = field(default_factory=EngineOptions)
+    out: Path | None = None
+    golden: Path | None = None  # a local store to follow (forced trajectory)
+    capture: str = CAPTURE_TENSOR
+    tokenizer: str | None = None
+
+
+@dataclass(frozen=True)
+class Progress:
+    positions: int
+    total: int
+    bytes_written: int
+    elapsed: float
+
+
+@dataclass(frozen=True)
+class RecordResult:
+    path: Path
+    manifest: Manifest
+    timings: dict
+
+
+def _check_out_dir(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputNotWritableError(f"cannot create output directory {out}: {e.strerror or e}") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise OutputNotWritableError(f"output directory {out} is not writable")
+
+
+def _golden_plan(golden: Store, cfg: RecordConfig) -> tuple[list[list[int]], list[list[int]]]:
+    """Prompts and trajectories to follow, taken from the golden store."""
+    prompts = [list(p) for p in golden.manifest.request.prompts]
+    trajectories = []
+    for s in golden.manifest.sequences:
+        toks = golden.tokens(s.index)
+        trajectories.append([int(t) for t in toks[s.prompt_len :]])
+    return prompts, trajectories
+
+
+class _Sink:
+    """Receives rows from the engine thread and appends them to the writer in order."""
+
+    def __init__(self, writer: StoreWriter, num_seqs: int, topn: int | None, total: int,
+                 progress: Callable[[Progress], None] | None):
+        self.writer = writer
+        self.topn = topn
+        self.next_generated = [0] * num_seqs
+        self.next_prompt = [0] * num_seqs
+        self.nan_rows = [0] * num_seqs
+        self.inf_rows = [0] * num_seqs
+        self.positions = 0
+        self.total = total
+        self.progress = progress
+        self.started = time.perf_counter()
+        self.error: str | None = None
+
+    def _count(self, seq: int, values: np.ndarray) -> None:
+        values = values if values.ndim == 2 else values[None, :]
+        self.nan_rows[seq] += int(np.isnan(values).any(axis=1).sum())
+        self.inf_rows[seq] += int(np.isposinf(values).any(axis=1).sum())
+        self.positions += values.shape[0]
+        if self.progress:
+            self.progress(Progress(self.positions, self.total, self.writer.bytes_written(),
+                                   time.perf_counter() - self.started))
+
+    def generated(self, seq: int, position: int, row) -> None:
+        if position != self.next_generated[seq]:
+            # A preempted or re-scheduled request: rows would be misaligned.
+            self.error = f"sequence {seq}: got a row for generated position {position}, expected {self.next_generated[seq]}"
+            return
+        self.next_generated[seq] += 1
+        values, ids = (row if self.topn else (row, None))
+        self.writer.append_rows(GENERATED, seq, values, ids)
+        self._count(seq, np.asarray(values))
+
+    def prompt(self, seq: int, start: int, rows: np.ndarray, ids: np.ndarray | None = None) -> None:
+        if start != self.next_prompt[seq]:
+            self.error = f"sequence {seq}: prompt rows from {start}, expected {self.next_prompt[seq]}"
+            return
+        self.next_prompt[seq] += rows.shape[0]
+        self.writer.append_rows(PROMPT, seq, rows, ids)
+        self._count(seq, rows)
+
+
+def _prompt_rows_tensor(logprobs, topn: int | None):
+    import torch
+
+    if topn:
+        values, ids = torch.topk(logprobs, topn, dim=-1)
+        return values.cpu().numpy(), ids.to(torch.int32).cpu().numpy()
+    return logprobs.detach().to("cpu", copy=True).numpy(), None
+
+
+def _rows_from_public(entries, vocab_size: int, topn: int | None):
+    """Dense rows from vLLM's public logprobs output (the slow, guarded fallback)."""
+    values = []
+    ids = []
+    for entry in entries:
+        items = list(entry.items()) if hasattr(entry, "items") else []
+        if topn:
+            items.sort(key=lambda kv: kv[1].logprob, reverse=True)
+            items = items[:topn]
+            ids.append(np.array([k for k, _ in items], dtype=np.int32))
+            values.append(np.array([v.logprob for _, v in items], dtype=np.float32))
+        else:
+            row = np.full(vocab_size, -np.inf, dtype=np.float32)
+            keys = np.fromiter((k for k, _ in items), dtype=np.int64, count=len(items))
+            row[keys] = np.fromiter((v.logprob for _, v in items), dtype=np.float32, count=len(items))
+            values.append(row)
+    v = np.stack(values) if values else np.zeros((0, topn or vocab_size), np.float32)
+    return v, (np.stack(ids) if topn and ids else None)
+
+
+def record(cfg: RecordConfig, progress: Callable[[Progress], None] | None = None) -> RecordResult:
+    st = settings()
+    profile = get_profile(cfg.device)
+    if cfg.logprobs == 0 or cfg.logprobs < -1:
+        raise UsageError("--logprobs must be -1 (full vocabulary) or a positive N (top-N)")
+    if cfg.max_tokens < 1:
+        raise UsageError("--max-tokens must be at least 1")
+    out = Path(cfg.out).expanduser() if cfg.out else st.cache_dir / "stores"
+    _check_out_dir(out)
+    profile.check_available()
+
+    golden_store = Store.open(cfg.golden) if cfg.golden else None
+    model = resolve_model(cfg.model, st.cache_dir)
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer or model.path, trust_remote_code=cfg.engine.trust_remote_code)
+    tok_digest = tokenizer_digest(Path(cfg.tokenizer) if cfg.tokenizer else model.path)
+
+    if golden_store is not None:
+        gm = golden_store.manifest
+        if gm.request.model.tokenizer_digest and tok_digest != gm.request.model.tokenizer_digest:
+            raise GoldenMismatchError(
+                f"tokenizer of {cfg.model} differs from the golden's ({gm.request.model.id})"
+            )
+        prompt_ids, trajectories = _golden_plan(golden_store, cfg)
+        prompt_texts = [None] * len(prompt_ids)
+        max_tokens = max((len(t) for t in trajectories), default=1)
+    else:
+        texts = load_prompts(cfg.prompts, cfg.prompts_file, cfg.num_prompts)
+        prompt_ids = [list(tokenizer(t)["input_ids"]) for t in texts]
+        prompt_texts = texts
+        trajectories = None
+        max_tokens = cfg.max_tokens
+    for i, ids in enumerate(prompt_ids):
+        if not ids:
+            raise PromptError(f"prompt {i} tokenizes to nothing")
+        if len(ids) >= cfg.engine.max_model_len:
+            raise PromptError(
+                f"prompt {i} has {len(ids)} tokens; --max-model-len is {cfg.engine.max_model_len}",
+                hint="shorten the prompt or raise --max-model-len",
+            )
+    prompt_logprobs = profile.prompt_logprobs_default if cfg.prompt_logprobs is None else cfg.prompt_logprobs
+    topn = cfg.logprobs if cfg.logprobs > 0 else None
+
+    env = profile.environment(cfg.engine, full_vocab=topn is None)
+    os.environ.update(env)
+    t_start = time.perf_counter()
+    llm, capture_mode = _start_engine(cfg, profile, model.path, cfg.tokenizer)
+    t_engine = time.perf_counter() - t_start
+    vocab_size = int(llm.llm_engine.model_config.get_vocab_size())
+
+    from vllm import SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    from . import capture as cap
+
+    request = Request(
+        model=ModelRef(
+            id=model.id,
+            weights_digest=weights_digest(model.path, st.cache_dir),
+            tokenizer_digest=tok_digest,
+            revision=model.revision,
+            source=model.source,
+        ),
+        prompts=tuple(tuple(p) for p in prompt_ids),
+        max_tokens=max_tokens,
+        logprobs=cfg.logprobs,
+        prompt_logprobs=prompt_logprobs,
+        dtype=cfg.engine.dtype,
+        max_model_len=cfg.engine.max_model_len,
+        seed=cfg.engine.seed,
+        num_hidden_layers=cfg.engine.num_hidden_layers,
+    )
+    public = capture_mode == CAPTURE_PUBLIC
+    prompt_hooked = False
+    total = sum(max_tokens + (len(p) - 1 if prompt_logprobs else 0) for p in prompt_ids)
+
+    with StoreWriter(out, vocab_size=vocab_size, topn=topn) as writer:
+        sink = _Sink(writer, len(prompt_ids), topn, total, progress)
+        if not public:
+            cap.STATE.sink = sink
+            cap.STATE.topn = topn
+            cap.STATE.forced = {i: t for i, t in enumerate(trajectories)} if trajectories else {}
+            cap.STATE.capture_generated = True
+            if prompt_logprobs:
+                prompt_hooked = all(llm.collective_rpc(
+                    cap.install_prompt_hook,
+                    args=(lambda seq, start, lp: sink.prompt(seq, start, *_prompt_rows_tensor(lp, topn)),),
+                ))
+        elif trajectories:
+            cap.STATE.sink = None
+            cap.STATE.forced = {i: t for i, t in enumerate(trajectories)}
+        params = []
+        for i in range(len(prompt_ids)):
+            n = len(trajectories[i]) if trajectories else max_tokens
+            want_public_prompt = prompt_logprobs and (public or not prompt_hooked)
+            params.append(SamplingParams(
+                temperature=0.0,
+                max_tokens=max(n, 1),
+                seed=cfg.engine.seed,
+                ignore_eos=bool(trajectories),
+                detokenize=False,
+                logprobs=(-1 if topn is None else topn) if public else None,
+                prompt_logprobs=(-1 if topn is None else topn) if want_public_prompt else (0 if prompt_logprobs else None),
+                extra_args={cap.EXTRA_KEY: i},
+            ))
+        prompts = [TokensPrompt(prompt_token_ids=p) for p in prompt_ids]
+        t_gen = time.perf_counter()
+        try:
+            outputs = llm.generate(prompts, params, use_tqdm=False)
+        except Exception as e:  # the engine's own failures: keep one line, traceback under PARITY_DEBUG
+            if st.debug:
+                raise
+            raise EngineError(f"the engine failed while generating: {type(e).__name__}: {e}") from None
+        finally:
+            cap.STATE.sink = None
+            cap.STATE.forced = {}
+        t_gen = time.perf_counter() - t_gen
+        if sink.error:
+            raise EngineError(f"capture lost alignment: {sink.error}")
+
+        token_lists, seq_infos = [], []
+        for i, o in enumerate(outputs):
+            comp = o.outputs[0]
+            gen_ids = list(comp.token_ids)
+            if public:
+                v, ids = _rows_from_public(comp.logprobs or [], vocab_size, topn)
+                writer.append_rows(GENERATED, i, v, ids)
+                sink._count(i, v)
+            if prompt_logprobs and (public or not prompt_hooked):
+                entries = (o.prompt_logprobs or [])[1:]
+                v, ids = _rows_from_public(entries, vocab_size, topn)
+                writer.append_rows(PROMPT, i, v, ids)
+                sink._count(i, v)
+            token_lists.append(list(prompt_ids[i]) + gen_ids)
+            text = tokenizer.decode(gen_ids, skip_special_tokens=False) if gen_ids else ""
+            seq_infos.append(SequenceInfo(
+                index=i, prompt_len=len(prompt_ids[i]), generated_len=len(gen_ids),
+                finish_reason=comp.finish_reason, nan_rows=sink.nan_rows[i], inf_rows=sink.inf_rows[i],
+                text=text,
+            ))
+            if prompt_texts[i] is not None:
+                seq_infos[-1] = SequenceInfo(**{**seq_infos[-1].__dict__, "text": prompt_texts[i] + text})
+        if trajectories:
+            for i, (traj, toks) in enumerate(zip(trajectories, token_lists)):
+                if toks[len(prompt_ids[i]):] != traj[: len(toks) - len(prompt_ids[i])]:
+                    raise EngineError(f"sequence {i} did not follow the golden trajectory")
+
+        generated = sum(s.generated_len for s in seq_infos)
+        run = {
+            "capture": capture_mode if not public else CAPTURE_PUBLIC,
+            "prompt_capture": (CAPTURE_TENSOR if prompt_hooked else CAPTURE_PUBLIC) if prompt_logprobs else None,
+            "timings": {
+                "engine_start_s": round(t_engine, 3),
+                "generate_s": round(t_gen, 3),
+                "generated_tokens_per_s": round(generated / t_gen, 2) if t_gen > 0 else None,
+            },
+            "forced": bool(trajectories),
+            "golden": golden_store.manifest.digest if golden_store else None,
+            "golden_request_key": golden_store.manifest.request_key if golden_store else None,
+        }
+        device = Device(
+            kind=profile.name,
+            versions=profile.versions(),
+            env=recorded_env(),
+            engine_args={k: v for k, v in _engine_kwargs(cfg, profile, model.path, cfg.tokenizer).items()
+                         if k not in ("logits_processors",)},
+            host=profile.host(),
+        )
+        manifest = Manifest(
+            request=request,
+            device=device,
+            vocab_size=vocab_size,
+            tokenizer_vocab_size=len(tokenizer),
+            sequences=tuple(seq_infos),
+            arrays={},
+            created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            tool_version=parity.__version__,
+            run=run,
+        )
+        path, manifest = writer.commit(manifest, token_lists)
+    return RecordResult(path, manifest, run["timings"])
+
+
+def _engine_kwargs(cfg: RecordConfig, profile, model_path: Path, tokenizer: str | None) -> dict:
+    kwargs = dict(
+        model=str(model_path),
+        tokenizer=str(tokenizer or model_path),
+        dtype=cfg.engine.dtype,
+        max_model_len=cfg.engine.max_model_len,
+        seed=cfg.engine.seed,
+        trust_remote_code=cfg.engine.trust_remote_code,
+        **profile.engine_args(cfg.engine),
+    )
+    if cfg.engine.num_hidden_layers:
+        kwargs["hf_overrides"] = {"num_hidden_layers": cfg.engine.num_hidden_layers}
+    return kwargs
+
+
+def _start_engine(cfg: RecordConfig, profile, model_path: Path, tokenizer: str | None):
+    """Starts vLLM with the capture processor; falls back to the public path if refused."""
+    import logging as _logging
+
+    from vllm import LLM
+
+    from . import capture as cap
+
+    kwargs = _engine_kwargs(cfg, profile, model_path, tokenizer)
+    debug = settings().debug
+    if not debug:
+        for name in ("vllm", "transformers"):
+            _logging.getLogger(name).setLevel(_logging.WARNING)
+    mode = cfg.capture
+    try:
+        if mode == CAPTURE_TENSOR:
+            try:
+                return LLM(logits_processors=[cap.CaptureProcessor], **kwargs), CAPTURE_TENSOR
+            except TypeError as e:
+                log.warning("tensor capture unavailable (%s); using vLLM's public logprobs path", e)
+                mode = CAPTURE_PUBLIC
+        max_lp = -1 if cfg.logprobs == -1 else cfg.logprobs
+        return LLM(max_logprobs=max_lp, logits_processors=[cap.CaptureProcessor], **kwargs), CAPTURE_PUBLIC
+    except Exception as e:
+        if debug:
+            raise
+        raise EngineError(f"vLLM could not start on device {profile.name!r}: {type(e).__name__}: {e}") from None
