@@ -9,6 +9,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from huggingface_hub import CommitOperationAdd, snapshot_download
+from huggingface_hub.errors import RepositoryNotFoundError
 
 from parity.errors import GoldenNotFoundError, StoreCorruptError, StoreNotFoundError, UsageError
 from schemas.digest import parse_tagged
@@ -136,7 +137,16 @@ def push(store_path_: Path | str, repo: str, *, private: bool = False, token=Non
     api = hub.api()
     what = f"push {manifest.digest}"
 
-    call(lambda: api.create_repo(repo, repo_type=REPO_TYPE, private=private, exist_ok=True), hub=hub, repo=repo, what=what)
+    def ensure_repo() -> None:
+        # Look before creating: create_repo's fallback for tokens that may not
+        # create repos builds a URL only the default endpoint's hosts parse.
+        try:
+            api.repo_info(repo, repo_type=REPO_TYPE)
+        except RepositoryNotFoundError:
+            api.create_repo(repo, repo_type=REPO_TYPE, private=True if private else None, exist_ok=True)
+            log.info("created dataset repo %s", repo)
+
+    call(ensure_repo, hub=hub, repo=repo, what=what)
     if call(lambda: api.file_exists(repo, index_path(manifest.digest), repo_type=REPO_TYPE), hub=hub, repo=repo, what=what):
         head = call(lambda: api.repo_info(repo, repo_type=REPO_TYPE), hub=hub, repo=repo, what=what).sha
         log.info("%s is already on %s at %s; nothing uploaded", manifest.digest, repo, entry.path)

@@ -69,6 +69,7 @@ class HubServer:
         self.upload_tickets: dict[str, str] = {}  # ticket -> expected sha256
         self.requests: list[Logged] = []
         self.unhandled: list[str] = []
+        self.fail_next: list[int] = []  # statuses to answer the next requests with (flaky Hub)
         self.lock = threading.RLock()
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
         self.httpd.daemon_threads = True
@@ -155,9 +156,9 @@ class HubServer:
 
 # -- HTTP -------------------------------------------------------------------
 class HubError(Exception):
-    def __init__(self, status: int, message: str, code: str | None = None, headers: dict | None = None):
+    def __init__(self, status: int, message: str, code: str | None = None, headers: dict | None = None, body: dict | None = None):
         super().__init__(message)
-        self.status, self.code, self.headers = status, code, headers or {}
+        self.status, self.code, self.headers, self.body = status, code, headers or {}, body or {}
 
 
 _API_REPO = r"/api/datasets/(?P<org>[^/]+)/(?P<name>[^/]+)"
@@ -201,6 +202,10 @@ def _handler_for(hub: HubServer):
             self.body = self.rfile.read(length) if length else b""
             status = 500
             try:
+                with hub.lock:
+                    fail = hub.fail_next.pop(0) if hub.fail_next else None
+                if fail:
+                    raise HubError(fail, "injected failure")
                 self._check_token()
                 for m, pattern, name in ROUTES:
                     match = re.match(pattern, url.path) if m == method else None
@@ -214,7 +219,7 @@ def _handler_for(hub: HubServer):
                     raise HubError(404, f"not served by the test hub: {method} {url.path}")
             except HubError as e:
                 status = e.status
-                self._send_json({"error": str(e)}, status, {**({"X-Error-Code": e.code} if e.code else {}), "X-Error-Message": str(e), **e.headers})
+                self._send_json({"error": str(e), **e.body}, status, {**({"X-Error-Code": e.code} if e.code else {}), "X-Error-Message": str(e), **e.headers})
             finally:
                 with hub.lock:
                     hub.requests.append(Logged(method, unquote(url.path), status))
@@ -279,8 +284,8 @@ def _handler_for(hub: HubServer):
             url = f"{hub.endpoint}/datasets/{repo_id}"
             with hub.lock:
                 if repo_id in hub.repos:
-                    raise HubError(409, "You already created this dataset repo", headers={})
-                hub.create(repo_id, bool(body.get("private")))
+                    raise HubError(409, "You already created this dataset repo", body={"url": url})
+                hub.create(repo_id, bool(body.get("private")) or body.get("visibility") == "private")
             return self._send_json({"url": url, "name": repo_id, "id": repo_id})
 
         def repo_info(self, org, name, rev=None) -> int:
