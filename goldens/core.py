@@ -4,20 +4,21 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
 from huggingface_hub import CommitOperationAdd, snapshot_download
 from huggingface_hub.errors import RepositoryNotFoundError
 
-from parity.errors import GoldenNotFoundError, StoreCorruptError, StoreNotFoundError, UsageError
+from parity.errors import GoldenNotFoundError, ParityError, StoreCorruptError, StoreNotFoundError, UsageError
 from schemas.digest import parse_tagged
 from schemas.manifest import Manifest
 from schemas.store import STORE_SUFFIX, Store
 
 from .hub import REPO_TYPE, Hub, call
 from .refs import (
+    GOLDENS_DIR,
     INDEX_DIR,
     MIN_PREFIX,
     HubRef,
@@ -211,7 +212,27 @@ def _list(hub: Hub, repo: str, revision: str | None) -> list[GoldenEntry]:
             entries.append(GoldenEntry.parse(json.loads(text), repo=repo, revision=sha))
         except (ValueError, KeyError, TypeError) as e:
             log.warning("skipping an unreadable golden index file in %s: %s", repo, e)
+    if hub.offline:
+        entries += _cached_stores(hub, repo, sha, {e.digest for e in entries})
     return sorted(entries, key=_sort_key, reverse=True)
+
+
+def _cached_stores(hub: Hub, repo: str, sha: str, known: set[str]) -> list[GoldenEntry]:
+    """Entries for stores pulled earlier whose index file is not in the cache."""
+    root = hub.storage_folder(repo) / "snapshots" / sha
+    out = []
+    for path in sorted(root.glob(f"{GOLDENS_DIR}/*/*{STORE_SUFFIX}")):
+        try:
+            manifest = Store.open(path).manifest
+        except ParityError as e:
+            log.warning("skipping cached store %s: %s", path, e.one_line())
+            continue
+        if manifest.digest in known:
+            continue
+        files = [p for p in path.rglob("*") if p.is_file()]
+        entry = GoldenEntry.from_manifest(manifest, size=sum(p.stat().st_size for p in files), files=len(files))
+        out.append(replace(entry, path=path.relative_to(root).as_posix(), repo=repo, revision=sha))
+    return out
 
 
 def list_goldens(repo: str, *, model: str | None = None, revision: str | None = None, token=None, endpoint=None, cache_dir=None) -> list[GoldenEntry]:
@@ -228,13 +249,6 @@ def list_goldens(repo: str, *, model: str | None = None, revision: str | None = 
 def _by_digest(hub: Hub, repo: str, prefix: str, revision: str | None) -> HubRef:
     entries = _list(hub, repo, revision)
     matches = [e for e in entries if parse_tagged(e.digest).startswith(prefix)]
-    if not matches and hub.offline:
-        # The index may not be cached; stores pulled before are.
-        sha = _head(hub, repo, revision, f"pull {prefix}")
-        root = hub.storage_folder(repo) / "snapshots" / sha
-        found = sorted(root.glob(f"goldens/*/{prefix[:24]}*{STORE_SUFFIX}"))
-        if len(found) == 1:
-            return HubRef(repo, found[0].relative_to(root).as_posix(), sha)
     if not matches:
         raise GoldenNotFoundError(f"no golden with digest {prefix}… in {repo}")
     if len(matches) > 1:

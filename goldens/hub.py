@@ -80,11 +80,15 @@ def _is_transient(exc: BaseException) -> bool:
         return True
     if isinstance(exc, HfHubHTTPError):
         return _status(exc) in TRANSIENT_STATUS
-    if isinstance(exc, LocalEntryNotFoundError) and exc.__cause__ is not None:
-        # snapshot_download falls back to the cache when the Hub is unreachable
-        # and reports a miss; the cause says whether the network was the reason.
+    if _wrapper(exc):
+        # snapshot_download reports a cache miss when the Hub is unreachable and
+        # LFS uploads wrap their failure: the cause says what really happened.
         return _is_transient(exc.__cause__)
     return False
+
+
+def _wrapper(exc: BaseException) -> bool:
+    return exc.__cause__ is not None and (isinstance(exc, LocalEntryNotFoundError) or type(exc) is RuntimeError)
 
 
 def call(fn: Callable[[], T], *, hub: Hub, repo: str, what: str) -> T:
@@ -110,10 +114,12 @@ def _short(exc: BaseException) -> str:
 
 def translate(exc: BaseException, *, hub: Hub, repo: str, what: str, attempts: int = 1) -> Exception:
     """The parity error for a huggingface_hub (or network) exception."""
-    where = f"{repo} on {hub.endpoint}"
-    status = _status(exc)
     if isinstance(exc, HubError):
         return exc
+    if type(exc) is RuntimeError and exc.__cause__ is not None:
+        return translate(exc.__cause__, hub=hub, repo=repo, what=what, attempts=attempts)
+    where = f"{repo} on {hub.endpoint}"
+    status = _status(exc)
     if isinstance(exc, GatedRepoError):
         return HubAuthError(f"{what}: {where} is gated", hint="accept its access conditions on the Hub, then set HF_TOKEN or run `hf auth login`")
     if isinstance(exc, RepositoryNotFoundError):

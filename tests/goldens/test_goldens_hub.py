@@ -368,3 +368,27 @@ def test_server_honours_range_requests(hub, stores):
     part = httpx2.get(url, headers={"Range": "bytes=10-"})
     assert part.status_code == 206 and part.content == full[10:]
     assert re.match(rf"bytes 10-{len(full) - 1}/{len(full)}", part.headers["Content-Range"])
+
+
+def test_offline_resolution_from_pulled_stores_only(hub, stores, monkeypatch):
+    path = stores(prompt=(6, 6))
+    result = goldens.push(path, REPO, **hub.kw)
+    goldens.pull(str(HubRef(REPO, result.path)), **hub.kw)  # pulled, never listed
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    hub.server.clear_log()
+
+    local, entry, _ = goldens.resolve_by_request(REPO, manifest(path).request_key, **hub.kw)
+
+    assert local.name == path.name and entry.digest == manifest(path).digest
+    assert goldens.pull(entry.digest[-32:-20], repo=REPO, **hub.kw) == local
+    assert hub.server.requests == []
+
+
+def test_transient_upload_failure_is_retried(hub, stores):
+    if hub.server.lfs_threshold is None:
+        pytest.skip("no LFS transfers when Xet is enabled in the client")
+    hub.server.create(REPO)
+    # repo_info, file_exists, preupload, LFS batch answer; the first LFS PUT gets a 503 (retried by the client)
+    hub.server.fail_next = [0, 0, 0, 0, 503]
+    result = goldens.push(stores(), REPO, **hub.kw)
+    assert result.uploaded and goldens.pull(result.ref, **hub.kw).is_dir()
