@@ -140,12 +140,12 @@ def _full_sub(x: np.ndarray, y: np.ndarray, eps: float, out: dict, sl: slice) ->
     ok = np.isfinite(kl) & np.isfinite(sum_abs) & np.isfinite(sx)
     # Pearson from raw float64 sums with y = x - d: var_y and cov_xy follow
     # from var_x, var_d and cov_xd without another pass over the rows.
-    var_x = sxx - sx * sx / v
-    var_d = sdd - sd * sd / v
-    cov_xd = sxd - sx * sd / v
-    cov_xy = var_x - cov_xd
-    var_y = var_x - 2 * cov_xd + var_d
-    with np.errstate(invalid="ignore", divide="ignore"):
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        var_x = sxx - sx * sx / v
+        var_d = sdd - sd * sd / v
+        cov_xd = sxd - sx * sd / v
+        cov_xy = var_x - cov_xd
+        var_y = var_x - 2 * cov_xd + var_d
         pearson = np.where((var_x > 0) & (var_y > 0), cov_xy / np.sqrt(np.maximum(var_x * var_y, 0)), np.nan)
     out["kl"][sl] = kl
     out["max_abs"][sl] = max_abs

@@ -118,3 +118,14 @@ def greedy_tokens(rows: np.ndarray) -> list[int]:
 def iter_blocks(total: int, step: int) -> Iterable[tuple[int, int]]:
     for a in range(0, total, step):
         yield a, min(a + step, total)
+
+
+DEFAULT_PROMPT = [3, 1, 4, 1, 5]
+
+
+def pair_rows(rng: np.random.Generator, rows: int, vocab: int = 512, noise: float = 0.2) -> tuple[np.ndarray, np.ndarray]:
+    """(reference, candidate) float32 log-prob rows: the candidate's logits are perturbed."""
+    logits = random_logits(rng, rows, vocab)
+    ref = log_softmax(logits).astype(np.float32)
+    cand = log_softmax(logits + rng.standard_normal((rows, vocab)) * noise).astype(np.float32)
+    return ref, cand

@@ -1,0 +1,120 @@
+"""Bad input: each case raises the right parity error with a one-line message."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+import differ
+from differ.testing import pair_rows
+from parity.errors import (
+    IncompatibleStoresError,
+    NotAStoreError,
+    ParityError,
+    SchemaVersionError,
+    StoreCorruptError,
+    StoreNotFoundError,
+)
+
+
+@pytest.fixture
+def two(make_store, rng):
+    ref, cand = pair_rows(rng, 40)
+    ref_path, ref_m = make_store([ref])
+    cand_path, _ = make_store([cand], tokens=[list(np.argmax(ref, axis=1))], run={"golden": ref_m.digest})
+    return ref_path, cand_path
+
+
+def raises_one_line(cls, fn, *match):
+    with pytest.raises(cls) as e:
+        fn()
+    assert isinstance(e.value, ParityError)
+    line = e.value.one_line()
+    assert "\n" not in line and line
+    for m in match:
+        assert m in str(e.value)
+    return e.value
+
+
+def test_missing_path(two, tmp_path):
+    ref, _ = two
+    raises_one_line(StoreNotFoundError, lambda: differ.diff(ref, tmp_path / "nope"), "nope")
+
+
+def test_not_a_store(two, tmp_path):
+    ref, _ = two
+    (tmp_path / "plain").mkdir()
+    raises_one_line(NotAStoreError, lambda: differ.diff(tmp_path / "plain", ref))
+    other = tmp_path / "zarr-group"
+    other.mkdir()
+    (other / "zarr.json").write_text(json.dumps({"zarr_format": 3, "node_type": "group", "attributes": {}}))
+    raises_one_line(NotAStoreError, lambda: differ.diff(ref, other), "not a parity store")
+
+
+def test_newer_schema_version(two, tmp_path):
+    ref, cand = two
+    newer = tmp_path / "newer.parity.zarr"
+    shutil.copytree(cand, newer)
+    meta = json.loads((newer / "zarr.json").read_text())
+    meta["attributes"]["parity"]["schema_version"] = 99
+    (newer / "zarr.json").write_text(json.dumps(meta))
+    raises_one_line(SchemaVersionError, lambda: differ.diff(ref, newer), "99")
+
+
+def test_vocab_mismatch(make_store, rng):
+    a, _ = pair_rows(rng, 5, vocab=512)
+    b, _ = pair_rows(rng, 5, vocab=600)
+    pa, _ = make_store([a])
+    pb, _ = make_store([b])
+    raises_one_line(IncompatibleStoresError, lambda: differ.diff(pa, pb), "512", "600")
+
+
+def test_prompt_mismatch(make_store, rng):
+    a, b = pair_rows(rng, 5)
+    pa, _ = make_store([a, a], prompts=[[1, 2, 3], [4, 5, 6]])
+    pb, _ = make_store([b, b], prompts=[[1, 2, 3], [4, 9, 6]])
+    raises_one_line(IncompatibleStoresError, lambda: differ.diff(pa, pb), "sequence 1")
+    pc, _ = make_store([b], prompts=[[1, 2, 3]])
+    raises_one_line(IncompatibleStoresError, lambda: differ.diff(pa, pc), "2", "1")
+
+
+def test_tokenizer_mismatch_is_an_error_weights_a_warning(make_store, rng):
+    a, b = pair_rows(rng, 5)
+    pa, _ = make_store([a])
+    pb, _ = make_store([b], tokenizer_digest="other-tokenizer")
+    raises_one_line(IncompatibleStoresError, lambda: differ.diff(pa, pb), "tokenizer")
+    pc, _ = make_store([b], weights_digest="w2", device="rbln", versions={"vllm": "9.9"}, dtype="bfloat16")
+    report = differ.diff(pa, pc)
+    text = " | ".join(report.warnings)
+    for word in ("weights digest", "device", "vllm version", "dtype"):
+        assert word in text
+    assert "weights digest" in differ.render_text(report, color=False)
+
+
+def _chunk_file(store_path):
+    files = sorted(p for p in (store_path / "logprobs" / "c").rglob("*") if p.is_file())
+    assert files, "expected chunk files under logprobs/c"
+    return files[0]
+
+
+def test_truncated_store(two):
+    ref, cand = two
+    f = _chunk_file(cand)
+    assert f.relative_to(cand).as_posix() == "logprobs/c/0/0"
+    f.unlink()
+    raises_one_line(StoreCorruptError, lambda: differ.diff(ref, cand), "logprobs")
+
+
+def test_corrupted_chunk(two):
+    ref, cand = two
+    f = _chunk_file(cand)
+    data = bytearray(f.read_bytes())
+    mid = len(data) // 3
+    for i in range(mid, mid + 16):
+        data[i] ^= 0xFF
+    f.write_bytes(bytes(data))
+    err = raises_one_line(StoreCorruptError, lambda: differ.diff(ref, cand), "logprobs")
+    assert "cannot read" in str(err)
