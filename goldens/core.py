@@ -11,7 +11,7 @@ from pathlib import Path
 from huggingface_hub import CommitOperationAdd, snapshot_download
 from huggingface_hub.errors import RepositoryNotFoundError
 
-from parity.errors import GoldenNotFoundError, ParityError, StoreCorruptError, StoreNotFoundError, UsageError
+from parity.errors import GoldenNotFoundError, NotAStoreError, ParityError, StoreCorruptError, StoreNotFoundError, UsageError
 from schemas.digest import parse_tagged
 from schemas.manifest import Manifest
 from schemas.store import STORE_SUFFIX, Store
@@ -138,18 +138,22 @@ def push(store_path_: Path | str, repo: str, *, private: bool = False, token=Non
     api = hub.api()
     what = f"push {manifest.digest}"
 
-    def ensure_repo() -> None:
+    def head_or_create() -> str | None:
         # Look before creating: create_repo's fallback for tokens that may not
         # create repos builds a URL only the default endpoint's hosts parse.
         try:
-            api.repo_info(repo, repo_type=REPO_TYPE)
+            return api.repo_info(repo, repo_type=REPO_TYPE).sha
         except RepositoryNotFoundError:
             api.create_repo(repo, repo_type=REPO_TYPE, private=True if private else None, exist_ok=True)
             log.info("created dataset repo %s", repo)
+            return None
 
-    call(ensure_repo, hub=hub, repo=repo, what=what)
-    if call(lambda: api.file_exists(repo, index_path(manifest.digest), repo_type=REPO_TYPE), hub=hub, repo=repo, what=what):
-        head = call(lambda: api.repo_info(repo, repo_type=REPO_TYPE), hub=hub, repo=repo, what=what).sha
+    head = call(head_or_create, hub=hub, repo=repo, what=what)
+    present = head is not None and call(
+        lambda: api.file_exists(repo, index_path(manifest.digest), repo_type=REPO_TYPE, revision=head),
+        hub=hub, repo=repo, what=what,
+    )
+    if present:
         log.info("%s is already on %s at %s; nothing uploaded", manifest.digest, repo, entry.path)
         return PushResult(str(HubRef(repo, entry.path, head)), False, 0, repo, entry.path, head, entry)
 
@@ -279,13 +283,19 @@ def _verified(hub: Hub, ref: HubRef, expect: str | None) -> Path:
     local = _download(hub, ref)
     try:
         manifest = Store.open(local).verify()
-    except StoreCorruptError:
+    except (StoreCorruptError, NotAStoreError):
         if hub.offline:
             raise
         # The cached copy may be the damaged one: fetch it again, once.
         log.warning("cached copy of %s failed verification; downloading it again", ref)
         local = _download(hub, ref, force=True)
-        manifest = Store.open(local).verify()
+        try:
+            manifest = Store.open(local).verify()
+        except (StoreCorruptError, NotAStoreError) as e:
+            raise StoreCorruptError(
+                f"{ref} as served by {hub.endpoint} fails verification: {e}",
+                hint="the copy on the Hub is damaged: push the golden again from its original store",
+            ) from None
     if expect and not parse_tagged(manifest.digest).startswith(expect):
         raise StoreCorruptError(f"{local}: content digest {manifest.digest} is not the requested {expect}")
     return local
