@@ -40,6 +40,7 @@ class RecordConfig:
     device: str = "cpu"
     prompts: list[str] | None = None
     prompts_file: Path | None = None
+    prompt_token_ids: list[list[int]] | None = None  # pre-tokenized prompts (no tokenizer pass)
     num_prompts: int | None = None
     max_tokens: int = 32
     logprobs: int = -1
@@ -186,6 +187,13 @@ def record(cfg: RecordConfig, progress: Callable[[Progress], None] | None = None
         prompt_ids, trajectories = _golden_plan(golden_store, cfg)
         prompt_texts = [None] * len(prompt_ids)
         max_tokens = max((len(t) for t in trajectories), default=1)
+    elif cfg.prompt_token_ids is not None:
+        prompt_ids = [list(map(int, p)) for p in cfg.prompt_token_ids]
+        if not prompt_ids:
+            raise PromptError("the prompt list is empty")
+        prompt_texts = [None] * len(prompt_ids)
+        trajectories = None
+        max_tokens = cfg.max_tokens
     else:
         texts = load_prompts(cfg.prompts, cfg.prompts_file, cfg.num_prompts)
         prompt_ids = [list(tokenizer(t)["input_ids"]) for t in texts]
