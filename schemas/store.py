@@ -343,7 +343,7 @@ class Store:
             per_file = arr.shards[0] if arr.shards else arr.chunks[0]
             need = -(-info.shape[0] // per_file)
             folder = self.path / name / "c"
-            have = sum(1 for p in folder.iterdir()) if folder.is_dir() else 0
+            have = sum(1 for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else 0
             if have < need:
                 raise StoreCorruptError(f"{self.path}: array {name!r} has {have} of {need} chunk files (truncated store)")
 

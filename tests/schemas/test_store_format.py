@@ -1,0 +1,191 @@
+"""The store format contract: round trips, content addressing, verification, atomicity."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from parity.errors import NotAStoreError, SchemaVersionError, StoreCorruptError, StoreNotFoundError
+from schemas import (
+    GENERATED, PROMPT, Device, Manifest, ModelRef, Request, SequenceInfo, Store, StoreWriter, canonical_json,
+    hash_array,
+)
+from schemas.digest import parse_tagged
+from schemas.store import ATTR_KEY
+
+V = 64
+
+# Pinned: a change to canonical JSON, the digest domains, the array hashing or
+# the manifest layout changes this value. Such a change needs a new
+# schema_version and a line in SPEC.md, then a new pin.
+PINNED_DIGEST = "xxh3-128:964838571110d43f648a544f02fb73fe"
+
+
+def deterministic_rows(n: int, offset: int = 0) -> np.ndarray:
+    x = np.arange(offset * V, (offset + n) * V, dtype=np.float64).reshape(n, V)
+    logits = np.sin(x * 0.37) * 4.0
+    lse = np.log(np.exp(logits).sum(axis=1, keepdims=True))
+    return (logits - lse).astype(np.float32)
+
+
+def deterministic_manifest(prompts=((1, 2, 3), (4, 5))) -> Manifest:
+    request = Request(
+        model=ModelRef(id="pinned", weights_digest="xxh3-128:" + "a" * 32, tokenizer_digest="xxh3-128:" + "b" * 32),
+        prompts=prompts, max_tokens=3, logprobs=-1, prompt_logprobs=True, dtype="float32",
+        max_model_len=64, seed=0,
+    )
+    return Manifest(
+        request=request, device=Device(kind="cpu", versions={"vllm": "0"}), vocab_size=V,
+        sequences=(SequenceInfo(0, 3, 3, "length"), SequenceInfo(1, 2, 2, "stop")), arrays={},
+        created_at="2026-01-01T00:00:00+00:00", tool_version="0.0.0",
+    )
+
+
+def write_deterministic(out, interleave: bool = False):
+    with StoreWriter(out, vocab_size=V) as w:
+        if interleave:
+            w.append_rows(GENERATED, 0, deterministic_rows(1, 0))
+            w.append_rows(GENERATED, 1, deterministic_rows(2, 3))
+            w.append_rows(GENERATED, 0, deterministic_rows(2, 1))
+        else:
+            w.append_rows(GENERATED, 0, deterministic_rows(3, 0))
+            w.append_rows(GENERATED, 1, deterministic_rows(2, 3))
+        w.append_rows(PROMPT, 0, deterministic_rows(2, 10))
+        w.append_rows(PROMPT, 1, deterministic_rows(1, 12))
+        return w.commit(deterministic_manifest(), [[1, 2, 3, 7, 8, 9], [4, 5, 6, 6]])
+
+
+def test_known_digest_is_pinned(tmp_path):
+    path, manifest = write_deterministic(tmp_path)
+    assert manifest.digest == PINNED_DIGEST
+    assert path.name == parse_tagged(PINNED_DIGEST)[:24] + ".parity.zarr"
+
+
+def test_round_trip_reads_back_what_was_written(tmp_path):
+    path, manifest = write_deterministic(tmp_path)
+    store = Store.open(path)
+    np.testing.assert_array_equal(store.sequence_rows(GENERATED, 0), deterministic_rows(3, 0))
+    np.testing.assert_array_equal(store.sequence_rows(GENERATED, 1), deterministic_rows(2, 3))
+    np.testing.assert_array_equal(store.sequence_rows(PROMPT, 1), deterministic_rows(1, 12))
+    assert list(store.tokens(1)) == [4, 5, 6, 6]
+    seqs, positions = store.row_positions(GENERATED)
+    assert list(seqs) == [0, 0, 0, 1, 1] and list(positions) == [3, 4, 5, 2, 3]
+    assert store.manifest.to_dict() == json.loads(json.dumps(manifest.to_dict()))
+    assert store.verify().digest == manifest.digest
+
+
+def test_interleaved_rows_are_stored_in_sequence_order_with_the_same_digest(tmp_path):
+    _, ordered = write_deterministic(tmp_path / "a")
+    path, interleaved = write_deterministic(tmp_path / "b", interleave=True)
+    assert interleaved.arrays["logprobs"].digest == ordered.arrays["logprobs"].digest
+    np.testing.assert_array_equal(Store.open(path).sequence_rows(GENERATED, 0), deterministic_rows(3, 0))
+
+
+def test_digest_is_independent_of_chunking():
+    rows = deterministic_rows(5)
+    assert hash_array(rows) == hash_array(np.ascontiguousarray(rows.copy(order="F")))
+    assert hash_array(rows) != hash_array(rows[:4])
+    assert hash_array(rows.astype(np.float32)) != hash_array(rows.astype(np.float64))
+
+
+def test_request_key_ignores_the_device_and_follows_the_request():
+    m = deterministic_manifest()
+    other_device = Manifest(**{**m.__dict__, "device": Device(kind="rbln")})
+    assert m.with_digests().request_key == other_device.with_digests().request_key
+    assert m.with_digests().digest != other_device.with_digests().digest
+    other_prompts = deterministic_manifest(prompts=((1, 2, 3), (4, 6)))
+    assert other_prompts.with_digests().request_key != m.with_digests().request_key
+
+
+def test_canonical_json_is_sorted_compact_and_rejects_nan():
+    assert canonical_json({"b": 1, "a": [1, "é"]}) == '{"a":[1,"é"],"b":1}'.encode()
+    with pytest.raises(ValueError):
+        canonical_json({"x": math.nan})
+
+
+def test_verify_catches_a_flipped_byte_in_a_chunk(tmp_path):
+    path, _ = write_deterministic(tmp_path)
+    shard = path / "logprobs" / "c" / "0" / "0"
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 3] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    with pytest.raises(StoreCorruptError):
+        Store.open(path).verify()
+
+
+def test_verify_catches_an_edited_manifest(tmp_path):
+    path, _ = write_deterministic(tmp_path)
+    meta = json.loads((path / "zarr.json").read_text())
+    meta["attributes"][ATTR_KEY]["request"]["max_tokens"] = 99
+    (path / "zarr.json").write_text(json.dumps(meta))
+    with pytest.raises(StoreCorruptError, match="request key|content digest"):
+        Store.open(path).verify()
+
+
+def test_missing_chunk_file_is_a_truncated_store(tmp_path):
+    path, _ = write_deterministic(tmp_path)
+    (path / "prompt_logprobs" / "c" / "0" / "0").unlink()
+    with pytest.raises(StoreCorruptError, match="truncated"):
+        Store.open(path)
+
+
+def test_newer_schema_version_is_refused(tmp_path):
+    path, _ = write_deterministic(tmp_path)
+    meta = json.loads((path / "zarr.json").read_text())
+    meta["attributes"][ATTR_KEY]["schema_version"] = 99
+    (path / "zarr.json").write_text(json.dumps(meta))
+    with pytest.raises(SchemaVersionError):
+        Store.open(path)
+
+
+def test_missing_and_foreign_paths_are_clear_errors(tmp_path):
+    with pytest.raises(StoreNotFoundError):
+        Store.open(tmp_path / "nope")
+    (tmp_path / "plain").mkdir()
+    with pytest.raises(NotAStoreError):
+        Store.open(tmp_path / "plain")
+
+
+def test_aborted_writer_leaves_nothing(tmp_path):
+    with pytest.raises(RuntimeError):
+        with StoreWriter(tmp_path, vocab_size=V) as w:
+            w.append_rows(GENERATED, 0, deterministic_rows(2))
+            raise RuntimeError("crash while recording")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_uncommitted_temporary_store_is_not_a_store(tmp_path):
+    w = StoreWriter(tmp_path, vocab_size=V)
+    w.append_rows(GENERATED, 0, deterministic_rows(2))
+    (tmp_dir,) = list(tmp_path.iterdir())
+    assert tmp_dir.name.startswith(".parity-tmp-")
+    with pytest.raises(NotAStoreError):
+        Store.open(tmp_dir)
+    w.abort()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_commit_refuses_row_counts_that_disagree_with_the_manifest(tmp_path):
+    with StoreWriter(tmp_path, vocab_size=V) as w:
+        w.append_rows(GENERATED, 0, deterministic_rows(2))
+        with pytest.raises(StoreCorruptError):
+            w.commit(deterministic_manifest(), [[1, 2, 3, 7, 8, 9], [4, 5, 6, 6]])
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_nan_and_inf_rows_are_stored_as_they_are(tmp_path):
+    rows = deterministic_rows(3)
+    rows[1, 5] = np.nan
+    rows[2, :] = -np.inf
+    rows[2, 0] = 0.0
+    with StoreWriter(tmp_path, vocab_size=V) as w:
+        w.append_rows(GENERATED, 0, rows)
+        w.append_rows(GENERATED, 1, deterministic_rows(2))
+        w.append_rows(PROMPT, 0, deterministic_rows(2))
+        w.append_rows(PROMPT, 1, deterministic_rows(1))
+        path, _ = w.commit(deterministic_manifest(), [[1, 2, 3, 7, 8, 9], [4, 5, 6, 6]])
+    back = Store.open(path).sequence_rows(GENERATED, 0)
+    assert np.isnan(back[1, 5]) and np.isneginf(back[2, 1]) and back[2, 0] == 0.0
