@@ -65,7 +65,11 @@ class Request:
         return self.logprobs == -1
 
     def key_fields(self) -> dict:
-        """The fields that identify a request across devices and hosts."""
+        """The fields that identify a request across devices and hosts.
+
+        dtype and max_model_len are left out on purpose: they are how a device
+        runs the request (an NPU run in bf16 still wants the float32 CPU golden).
+        """
         return {
             "model": {
                 "weights_digest": self.model.weights_digest or self.model.id,
@@ -76,8 +80,6 @@ class Request:
             "max_tokens": self.max_tokens,
             "logprobs": self.logprobs,
             "sampling": self.sampling,
-            "dtype": self.dtype,
-            "max_model_len": self.max_model_len,
             "seed": self.seed,
         }
 

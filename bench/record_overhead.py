@@ -1,0 +1,137 @@
+"""Recording overhead: full-vocab capture vs plain vLLM generation, side by side.
+
+Prints, for a tiny local Llama with a 32,000-token vocabulary:
+- tokens/s of plain generation (no logprobs, default engine settings apart
+  from the in-process engine the recorder also uses) and of `record`, each the
+  best of --repeat interleaved runs, engine start excluded; and their ratio
+  (target >= 0.8);
+- the public full-vocab path (`logprobs=-1`) on a short run, for scale;
+- peak RSS of a recording and of a 4x longer one (target: within 10%);
+- bytes per stored logit (target <= 3.4).
+
+Usage: python bench/record_overhead.py [--prompts 4] [--tokens 128] [--repeat 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+VOCAB = 32000
+PROMPTS = ["Hello, my name is", "The capital of France is", "Once upon a time", "In the beginning"]
+
+
+def _env(cache: Path) -> None:
+    os.environ.setdefault("PARITY_CACHE", str(cache))
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+
+
+def plain_generation(model: Path, prompts: list[str], tokens: int, public_logprobs: bool = False) -> float:
+    from vllm import LLM, SamplingParams
+
+    llm = LLM(model=str(model), enforce_eager=True, max_model_len=1024, dtype="float32", seed=0,
+              **({"max_logprobs": -1} if public_logprobs else {}))
+    params = SamplingParams(temperature=0.0, max_tokens=tokens, ignore_eos=True,
+                            logprobs=-1 if public_logprobs else None)
+    start = time.perf_counter()
+    outs = llm.generate(prompts, params, use_tqdm=False)
+    elapsed = time.perf_counter() - start
+    n = sum(len(o.outputs[0].token_ids) for o in outs)
+    del llm
+    gc.collect()
+    return n / elapsed
+
+
+def recorded_generation(model: Path, prompts: list[str], tokens: int, out: Path, prompt_logprobs: bool):
+    from recorder import EngineOptions, RecordConfig, record
+
+    res = record(RecordConfig(model=str(model), prompts=prompts, max_tokens=tokens, out=out,
+                              prompt_logprobs=prompt_logprobs, engine=EngineOptions(max_model_len=1024)))
+    gc.collect()
+    return res.manifest.generated_positions / res.timings["record_s"], res
+
+
+def bytes_per_logit(store_path: Path, manifest) -> float:
+    files = [p for p in (store_path / "logprobs").rglob("*") if p.is_file() and p.name != "zarr.json"]
+    rows = manifest.generated_positions
+    return sum(p.stat().st_size for p in files) / (rows * manifest.vocab_size)
+
+
+def rss_child(tokens: int, n_prompts: int, out: str) -> None:
+    from recorder.tinymodel import tiny_model_dir
+
+    model = tiny_model_dir(Path(os.environ["PARITY_CACHE"]), vocab_size=VOCAB)
+    recorded_generation(model, (PROMPTS * n_prompts)[:n_prompts], tokens, Path(out), True)
+    status = Path("/proc/self/status").read_text()
+    hwm = next(line for line in status.splitlines() if line.startswith("VmHWM"))
+    print(json.dumps({"peak_rss_kib": int(hwm.split()[1])}))
+
+
+def measure_rss(tokens: int, n_prompts: int, out: Path) -> int:
+    cmd = [sys.executable, __file__, "--rss-child", str(tokens), "--prompts", str(n_prompts), "--out", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    return json.loads(proc.stdout.strip().splitlines()[-1])["peak_rss_kib"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--prompts", type=int, default=4)
+    ap.add_argument("--tokens", type=int, default=128)
+    ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--rss-child", type=int, default=None)
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    cache = Path(os.environ.get("PARITY_CACHE") or Path(tempfile.gettempdir()) / "parity-bench-cache")
+    _env(cache)
+    if args.rss_child is not None:
+        rss_child(args.rss_child, args.prompts, args.out)
+        return
+
+    from recorder.tinymodel import tiny_model_dir
+
+    model = tiny_model_dir(cache, vocab_size=VOCAB)
+    prompts = (PROMPTS * args.prompts)[: args.prompts]
+    work = Path(tempfile.mkdtemp(prefix="parity-bench-"))
+    plain, rec, rec_prompt = [], [], []
+    last = None
+    for i in range(args.repeat):
+        plain.append(plain_generation(model, prompts, args.tokens))
+        tps, last = recorded_generation(model, prompts, args.tokens, work / f"r{i}", prompt_logprobs=False)
+        rec.append(tps)
+        tps, _ = recorded_generation(model, prompts, args.tokens, work / f"p{i}", prompt_logprobs=True)
+        rec_prompt.append(tps)
+    public = plain_generation(model, prompts[:1], 8, public_logprobs=True)
+
+    best_plain, best_rec, best_rec_prompt = max(plain), max(rec), max(rec_prompt)
+    print(f"model: tiny Llama, vocab {VOCAB}; {args.prompts} prompts x {args.tokens} tokens; best of {args.repeat}")
+    print(f"plain generation (no logprobs)          {best_plain:8.1f} tok/s   runs {[round(x) for x in plain]}")
+    print(f"record, full vocab, generated rows      {best_rec:8.1f} tok/s   runs {[round(x) for x in rec]}")
+    print(f"record, full vocab, + prompt rows       {best_rec_prompt:8.1f} tok/s   runs {[round(x) for x in rec_prompt]}")
+    print(f"public logprobs=-1 path (1 x 8 tokens)  {public:8.1f} tok/s")
+    print(f"ratio record/plain                      {best_rec / best_plain:8.2f}x   (target >= 0.80)")
+    print(f"ratio record+prompt/plain               {best_rec_prompt / best_plain:8.2f}x")
+    print(f"ratio public/plain                      {public / best_plain:8.3f}x")
+    bpl = bytes_per_logit(last.path, last.manifest)
+    print(f"bytes per stored logit (lossless)       {bpl:8.2f}     (float32 = 4.00; target <= 3.4)")
+
+    short = measure_rss(args.tokens, args.prompts, work / "rss-short")
+    long = measure_rss(args.tokens * 4, args.prompts, work / "rss-long")
+    print(f"peak RSS, {args.tokens} tokens/prompt            {short / 1024:8.1f} MiB")
+    print(f"peak RSS, {args.tokens * 4} tokens/prompt            {long / 1024:8.1f} MiB")
+    print(f"ratio long/short peak RSS               {long / short:8.3f}x   (target <= 1.10)")
+
+
+if __name__ == "__main__":
+    main()
