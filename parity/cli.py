@@ -6,6 +6,7 @@ imported inside the commands that need them, so `parity diff --help` is fast.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import sys
@@ -75,19 +76,24 @@ def record(
 ) -> None:
     """Record full-vocabulary logprobs for every position into a new store."""
     from recorder import EngineOptions, RecordConfig, record as run_record
+    from recorder.follow import resolve_golden
 
     sink = Output(progress=not settings().no_progress)
-    golden_path = _resolve_golden(golden, repo, device, sink, model=model) if golden else None
+    if batch < 1 or tp < 1 or pp < 1 or dp < 1:
+        raise UsageError("--batch, --tp, --pp and --dp must be at least 1")
     cfg = RecordConfig(
         model=model, device=device, prompts=prompts, prompts_file=prompts_file, num_prompts=num_prompts,
-        max_tokens=max_tokens, logprobs=logprobs, prompt_logprobs=prompt_logprobs, out=out, golden=golden_path,
+        max_tokens=max_tokens, logprobs=logprobs, prompt_logprobs=prompt_logprobs, out=out,
         engine=EngineOptions(
             dtype=dtype, max_model_len=max_model_len, seed=seed, batch=batch, tp=tp, pp=pp, dp=dp, ep=ep,
             block_size=block_size, num_hidden_layers=num_hidden_layers, trust_remote_code=trust_remote_code,
         ),
     )
-    if batch < 1 or tp < 1 or pp < 1 or dp < 1:
-        raise UsageError("--batch, --tp, --pp and --dp must be at least 1")
+    if golden:
+        golden_path, notes = resolve_golden(cfg, golden, repo=repo)
+        cfg = dataclasses.replace(cfg, golden=golden_path)
+        for line in notes:
+            sink.note(line)
     with stdout_to_stderr():
         result = run_record(cfg, progress=lambda p: sink.bar(
             p.positions, p.total, f"{p.positions / max(p.elapsed, 1e-9):.0f} pos/s {human_bytes(p.bytes_written)}"))
@@ -98,20 +104,9 @@ def record(
         f"({len(m.sequences)} sequences, vocab {m.vocab_size}) at "
         f"{result.timings.get('generated_tokens_per_s')} tok/s; digest {m.digest}"
     )
-    if diff and golden_path is not None:
-        _print_diff(golden_path, result.path, sink, color=not no_color)
+    if diff and cfg.golden is not None:
+        _print_diff(cfg.golden, result.path, sink, color=not no_color)
     sink.result(str(result.path))
-
-
-def _resolve_golden(golden: str, repo: str | None, device: str, sink: Output, *, model: str) -> Path:
-    local = Path(golden).expanduser()
-    if local.exists():
-        return local
-    import goldens
-
-    if goldens.is_hub_reference(golden) or repo:
-        return goldens.resolve_store(golden, repo=repo)
-    raise UsageError(f"--golden {golden!r} is neither a store directory nor a hub reference")
 
 
 # diff -------------------------------------------------------------------------

@@ -160,7 +160,30 @@ def _rows_from_public(entries, vocab_size: int, topn: int | None):
     return v, (np.stack(ids) if topn and ids else None)
 
 
-def record(cfg: RecordConfig, progress: Callable[[Progress], None] | None = None) -> RecordResult:
+@dataclass
+class Plan:
+    """Everything decided before the engine starts (all input validation happens here)."""
+
+    profile: object
+    model: object
+    tokenizer: object
+    request: Request
+    prompt_texts: list
+    trajectories: list[list[int]] | None
+    golden: Store | None
+    out: Path
+
+    @property
+    def prompt_ids(self) -> list[list[int]]:
+        return [list(p) for p in self.request.prompts]
+
+    @property
+    def topn(self) -> int | None:
+        return self.request.logprobs if self.request.logprobs > 0 else None
+
+
+def plan_recording(cfg: RecordConfig, *, check_out: bool = True) -> Plan:
+    """Validates the inputs and builds the request (and so its key) without an engine."""
     st = settings()
     profile = get_profile(cfg.device)
     if cfg.logprobs == 0 or cfg.logprobs < -1:
@@ -168,7 +191,8 @@ def record(cfg: RecordConfig, progress: Callable[[Progress], None] | None = None
     if cfg.max_tokens < 1:
         raise UsageError("--max-tokens must be at least 1")
     out = Path(cfg.out).expanduser() if cfg.out else st.cache_dir / "stores"
-    _check_out_dir(out)
+    if check_out:
+        _check_out_dir(out)
     profile.check_available()
 
     golden_store = Store.open(cfg.golden) if cfg.golden else None
@@ -177,29 +201,31 @@ def record(cfg: RecordConfig, progress: Callable[[Progress], None] | None = None
 
     tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer or model.path, trust_remote_code=cfg.engine.trust_remote_code)
     tok_digest = tokenizer_digest(Path(cfg.tokenizer) if cfg.tokenizer else model.path)
+    w_digest = weights_digest(model.path, st.cache_dir)
 
+    trajectories = None
+    max_tokens = cfg.max_tokens
+    logprobs = cfg.logprobs
     if golden_store is not None:
         gm = golden_store.manifest
         if gm.request.model.tokenizer_digest and tok_digest != gm.request.model.tokenizer_digest:
-            raise GoldenMismatchError(
-                f"tokenizer of {cfg.model} differs from the golden's ({gm.request.model.id})"
-            )
+            raise GoldenMismatchError(f"the tokenizer of {cfg.model} differs from the golden's ({gm.request.model.id})")
+        if gm.request.model.weights_digest and w_digest != gm.request.model.weights_digest:
+            log.warning("model weights differ from the golden's (%s): recording a different model on its trajectory",
+                        gm.request.model.id)
         prompt_ids, trajectories = _golden_plan(golden_store, cfg)
         prompt_texts = [None] * len(prompt_ids)
-        max_tokens = max((len(t) for t in trajectories), default=1)
+        max_tokens = gm.request.max_tokens
+        logprobs = gm.request.logprobs if cfg.logprobs == -1 else cfg.logprobs
     elif cfg.prompt_token_ids is not None:
         prompt_ids = [list(map(int, p)) for p in cfg.prompt_token_ids]
         if not prompt_ids:
             raise PromptError("the prompt list is empty")
         prompt_texts = [None] * len(prompt_ids)
-        trajectories = None
-        max_tokens = cfg.max_tokens
     else:
         texts = load_prompts(cfg.prompts, cfg.prompts_file, cfg.num_prompts)
         prompt_ids = [list(tokenizer(t)["input_ids"]) for t in texts]
         prompt_texts = texts
-        trajectories = None
-        max_tokens = cfg.max_tokens
     for i, ids in enumerate(prompt_ids):
         if not ids:
             raise PromptError(f"prompt {i} tokenizes to nothing")
@@ -208,8 +234,27 @@ def record(cfg: RecordConfig, progress: Callable[[Progress], None] | None = None
                 f"prompt {i} has {len(ids)} tokens; --max-model-len is {cfg.engine.max_model_len}",
                 hint="shorten the prompt or raise --max-model-len",
             )
-    prompt_logprobs = profile.prompt_logprobs_default if cfg.prompt_logprobs is None else cfg.prompt_logprobs
-    topn = cfg.logprobs if cfg.logprobs > 0 else None
+    request = Request(
+        model=ModelRef(id=model.id, weights_digest=w_digest, tokenizer_digest=tok_digest,
+                       revision=model.revision, source=model.source),
+        prompts=tuple(tuple(p) for p in prompt_ids),
+        max_tokens=max_tokens,
+        logprobs=logprobs,
+        prompt_logprobs=profile.prompt_logprobs_default if cfg.prompt_logprobs is None else cfg.prompt_logprobs,
+        dtype=cfg.engine.dtype,
+        max_model_len=cfg.engine.max_model_len,
+        seed=cfg.engine.seed,
+        num_hidden_layers=cfg.engine.num_hidden_layers,
+    )
+    return Plan(profile, model, tokenizer, request, prompt_texts, trajectories, golden_store, out)
+
+
+def record(cfg: RecordConfig, progress: Callable[[Progress], None] | None = None) -> RecordResult:
+    st = settings()
+    plan = plan_recording(cfg)
+    profile, model, tokenizer, request = plan.profile, plan.model, plan.tokenizer, plan.request
+    prompt_ids, prompt_texts, trajectories, golden_store = plan.prompt_ids, plan.prompt_texts, plan.trajectories, plan.golden
+    prompt_logprobs, topn, max_tokens, out = request.prompt_logprobs, plan.topn, request.max_tokens, plan.out
 
     env = profile.environment(cfg.engine, full_vocab=topn is None)
     os.environ.update(env)
@@ -217,29 +262,15 @@ def record(cfg: RecordConfig, progress: Callable[[Progress], None] | None = None
     llm, capture_mode = _start_engine(cfg, profile, model.path, cfg.tokenizer)
     t_engine = time.perf_counter() - t_start
     vocab_size = int(llm.llm_engine.model_config.get_vocab_size())
+    if golden_store is not None and golden_store.manifest.vocab_size != vocab_size:
+        raise GoldenMismatchError(
+            f"the model's vocabulary ({vocab_size}) differs from the golden's ({golden_store.manifest.vocab_size})")
 
     from vllm import SamplingParams
     from vllm.inputs import TokensPrompt
 
     from . import capture as cap
 
-    request = Request(
-        model=ModelRef(
-            id=model.id,
-            weights_digest=weights_digest(model.path, st.cache_dir),
-            tokenizer_digest=tok_digest,
-            revision=model.revision,
-            source=model.source,
-        ),
-        prompts=tuple(tuple(p) for p in prompt_ids),
-        max_tokens=max_tokens,
-        logprobs=cfg.logprobs,
-        prompt_logprobs=prompt_logprobs,
-        dtype=cfg.engine.dtype,
-        max_model_len=cfg.engine.max_model_len,
-        seed=cfg.engine.seed,
-        num_hidden_layers=cfg.engine.num_hidden_layers,
-    )
     public = capture_mode == CAPTURE_PUBLIC
     prompt_hooked = False
     total = sum(max_tokens + (len(p) - 1 if prompt_logprobs else 0) for p in prompt_ids)
