@@ -38,11 +38,14 @@ def _env(cache: Path) -> None:
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
 
-def plain_generation(model: Path, prompts: list[str], tokens: int, public_logprobs: bool = False) -> float:
+def plain_generation(model: Path, prompts: list[str], tokens: int, public_logprobs: bool = False,
+                     max_num_seqs: int | None = None) -> float:
     from vllm import LLM, SamplingParams
 
-    llm = LLM(model=str(model), enforce_eager=True, max_model_len=1024, dtype="float32", seed=0,
-              **({"max_logprobs": -1} if public_logprobs else {}))
+    extra = {"max_logprobs": -1} if public_logprobs else {}
+    if max_num_seqs:
+        extra["max_num_seqs"] = max_num_seqs
+    llm = LLM(model=str(model), enforce_eager=True, max_model_len=1024, dtype="float32", seed=0, **extra)
     params = SamplingParams(temperature=0.0, max_tokens=tokens, ignore_eos=True,
                             logprobs=-1 if public_logprobs else None)
     start = time.perf_counter()
@@ -54,11 +57,12 @@ def plain_generation(model: Path, prompts: list[str], tokens: int, public_logpro
     return n / elapsed
 
 
-def recorded_generation(model: Path, prompts: list[str], tokens: int, out: Path, prompt_logprobs: bool):
+def recorded_generation(model: Path, prompts: list[str], tokens: int, out: Path, prompt_logprobs: bool,
+                        batch: int = 1):
     from recorder import EngineOptions, RecordConfig, record
 
     res = record(RecordConfig(model=str(model), prompts=prompts, max_tokens=tokens, out=out,
-                              prompt_logprobs=prompt_logprobs, engine=EngineOptions(max_model_len=1024)))
+                              prompt_logprobs=prompt_logprobs, engine=EngineOptions(max_model_len=1024, batch=batch)))
     gc.collect()
     return res.manifest.generated_positions / res.timings["record_s"], res
 
@@ -104,25 +108,35 @@ def main() -> None:
     model = tiny_model_dir(cache, vocab_size=VOCAB)
     prompts = (PROMPTS * args.prompts)[: args.prompts]
     work = Path(tempfile.mkdtemp(prefix="parity-bench-"))
-    plain, rec, rec_prompt = [], [], []
+    runs: dict[str, list[float]] = {k: [] for k in ("plain", "plain1", "rec", "rec1", "rec1p")}
     last = None
+    n = len(prompts)
     for i in range(args.repeat):
-        plain.append(plain_generation(model, prompts, args.tokens))
+        runs["plain"].append(plain_generation(model, prompts, args.tokens))
+        runs["rec"].append(recorded_generation(model, prompts, args.tokens, work / f"b{i}", False, batch=n)[0])
+        runs["plain1"].append(plain_generation(model, prompts, args.tokens, max_num_seqs=1))
         tps, last = recorded_generation(model, prompts, args.tokens, work / f"r{i}", prompt_logprobs=False)
-        rec.append(tps)
-        tps, _ = recorded_generation(model, prompts, args.tokens, work / f"p{i}", prompt_logprobs=True)
-        rec_prompt.append(tps)
+        runs["rec1"].append(tps)
+        runs["rec1p"].append(recorded_generation(model, prompts, args.tokens, work / f"p{i}", True)[0])
     public = plain_generation(model, prompts[:1], 8, public_logprobs=True)
 
-    best_plain, best_rec, best_rec_prompt = max(plain), max(rec), max(rec_prompt)
-    print(f"model: tiny Llama, vocab {VOCAB}; {args.prompts} prompts x {args.tokens} tokens; best of {args.repeat}")
-    print(f"plain generation (no logprobs)          {best_plain:8.1f} tok/s   runs {[round(x) for x in plain]}")
-    print(f"record, full vocab, generated rows      {best_rec:8.1f} tok/s   runs {[round(x) for x in rec]}")
-    print(f"record, full vocab, + prompt rows       {best_rec_prompt:8.1f} tok/s   runs {[round(x) for x in rec_prompt]}")
-    print(f"public logprobs=-1 path (1 x 8 tokens)  {public:8.1f} tok/s")
-    print(f"ratio record/plain                      {best_rec / best_plain:8.2f}x   (target >= 0.80)")
-    print(f"ratio record+prompt/plain               {best_rec_prompt / best_plain:8.2f}x")
-    print(f"ratio public/plain                      {public / best_plain:8.3f}x")
+    best = {k: max(v) for k, v in runs.items()}
+    label = {
+        "plain": "plain generation, default engine (batch all)",
+        "rec": f"record --batch {n}, generated rows",
+        "plain1": "plain generation, max_num_seqs=1",
+        "rec1": "record --batch 1 (default), generated rows",
+        "rec1p": "record --batch 1, + prompt rows",
+    }
+    print(f"model: tiny Llama, vocab {VOCAB}; {n} prompts x {args.tokens} tokens; best of {args.repeat}; engine start excluded")
+    for k in ("plain", "rec", "plain1", "rec1", "rec1p"):
+        print(f"{label[k]:<46} {best[k]:8.1f} tok/s   runs {[round(x) for x in runs[k]]}")
+    print(f"{'public logprobs=-1 path (1 x 8 tokens)':<46} {public:8.1f} tok/s")
+    print(f"{'ratio record/plain, same batching (all)':<46} {best['rec'] / best['plain']:8.2f}x   (target >= 0.80)")
+    print(f"{'ratio record/plain, batch 1':<46} {best['rec1'] / best['plain1']:8.2f}x")
+    print(f"{'ratio record+prompt/plain, batch 1':<46} {best['rec1p'] / best['plain1']:8.2f}x")
+    print(f"{'ratio record batch 1 / plain default':<46} {best['rec1'] / best['plain']:8.2f}x")
+    print(f"{'ratio public/plain default':<46} {public / best['plain']:8.3f}x")
     bpl = bytes_per_logit(last.path, last.manifest)
     print(f"bytes per stored logit (lossless)       {bpl:8.2f}     (float32 = 4.00; target <= 3.4)")
 

@@ -1,0 +1,118 @@
+"""The `parity` command as a user runs it: real subprocesses, stdout/stderr, exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from schemas import Store
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def parity(*args: str, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    full_env.pop("PARITY_DEBUG", None)
+    return subprocess.run([sys.executable, "-m", "parity.cli", *args], capture_output=True, text=True,
+                          env=full_env, timeout=timeout, cwd=ROOT)
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, *fragments: str, code: int = 2) -> None:
+    assert proc.returncode == code, (proc.returncode, proc.stderr)
+    assert "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, proc.stderr
+    for fragment in fragments:
+        assert fragment in errors[0], errors[0]
+
+
+def test_unknown_preset(tmp_path):
+    assert_one_line_error(parity("record", "--model", "llama9-400b", "--out", str(tmp_path)), "unknown model", "preset")
+
+
+def test_missing_model_directory(tmp_path):
+    assert_one_line_error(parity("record", "--model", str(tmp_path / "nowhere"), "--out", str(tmp_path)),
+                          "not found")
+
+
+def test_empty_prompt_list(tmp_path, tiny_model):
+    empty = tmp_path / "prompts.txt"
+    empty.write_text("\n\n")
+    assert_one_line_error(parity("record", "--model", str(tiny_model), "--prompts-file", str(empty),
+                                 "--out", str(tmp_path / "o")), "prompt list is empty")
+
+
+def test_bad_jsonl_prompts(tmp_path, tiny_model):
+    bad = tmp_path / "prompts.jsonl"
+    bad.write_text('{"prompt": "ok"}\n{"text": "wrong key"}\n')
+    assert_one_line_error(parity("record", "--model", str(tiny_model), "--prompts-file", str(bad),
+                                 "--out", str(tmp_path / "o")), "prompts.jsonl:2")
+
+
+def test_prompt_longer_than_max_model_len(tmp_path, tiny_model):
+    proc = parity("record", "--model", str(tiny_model), "--prompts", "word " * 80, "--max-model-len", "32",
+                  "--out", str(tmp_path / "o"))
+    assert_one_line_error(proc, "--max-model-len is 32")
+
+
+def test_unwritable_output_directory(tmp_path, tiny_model):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    assert_one_line_error(parity("record", "--model", str(tiny_model), "--out", str(blocker / "sub")),
+                          "cannot create output directory")
+
+
+def test_device_not_installed_names_the_install_step(tmp_path, tiny_model):
+    proc = parity("record", "--device", "rbln", "--model", str(tiny_model), "--out", str(tmp_path))
+    assert_one_line_error(proc, "vllm-rbln", "pip install 'parity[rbln]'")
+
+
+def test_unknown_device(tmp_path):
+    assert_one_line_error(parity("record", "--device", "tpu", "--out", str(tmp_path)), "unknown device")
+
+
+def test_show_and_verify_report_missing_store(tmp_path):
+    assert_one_line_error(parity("show", str(tmp_path / "missing")), "no store at")
+    assert_one_line_error(parity("verify", str(tmp_path / "missing")), "no store at")
+
+
+def test_help_lists_every_command():
+    proc = parity("--help")
+    assert proc.returncode == 0
+    for command in ("record", "diff", "show", "verify", "push", "pull", "ls", "demo", "presets"):
+        assert command in proc.stdout
+
+
+@pytest.mark.engine
+def test_record_prints_the_store_path_last_and_show_verify_read_it(tmp_path, tiny_model):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"prompt": "Hello, my name is"}\n{"prompt": "Once upon a time"}\n')
+    proc = parity("record", "--model", str(tiny_model), "--prompts-file", str(prompts), "--max-tokens", "5",
+                  "--max-model-len", "128", "--out", str(tmp_path / "stores"))
+    assert proc.returncode == 0, proc.stderr
+    last = proc.stdout.strip().splitlines()[-1]
+    assert len(proc.stdout.strip().splitlines()) == 1, "stdout must carry only the result"
+    store = Store.open(last)
+    assert Path(last).parent == tmp_path / "stores"
+    assert [s.generated_len for s in store.manifest.sequences] == [5, 5]
+
+    shown = parity("show", last, "--json")
+    assert shown.returncode == 0
+    manifest = json.loads(shown.stdout)
+    assert manifest["digest"] == store.manifest.digest
+    assert manifest["request_key"] == store.manifest.request_key
+
+    verified = parity("verify", last)
+    assert verified.returncode == 0 and store.manifest.digest in verified.stdout
+
+    # Tamper with one generated chunk: verify must now fail with exit 1.
+    shard = Path(last) / "logprobs" / "c" / "0" / "0"
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0x55
+    shard.write_bytes(bytes(data))
+    assert_one_line_error(parity("verify", last), code=1)
