@@ -4,12 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import itertools
-
 import numpy as np
 
-from parity.errors import IncompatibleStoresError, StoreCorruptError
-from schemas.store import GENERATED, PROMPT, Store, row_array_names
+from parity.errors import IncompatibleStoresError
+from schemas.store import GENERATED, PROMPT, Store
 
 KINDS = (GENERATED, PROMPT)
 
@@ -64,25 +62,6 @@ def check_compatible(ref: Store, cand: Store) -> list[str]:
         side = "reference" if not rm.request.prompt_logprobs else "candidate"
         warnings.append(f"{side} has no prompt logprobs: prompt positions are not compared")
     return warnings
-
-
-def check_chunk_files(store: Store) -> None:
-    """Every chunk (or shard) file of the row arrays is on disk.
-
-    A missing file would read back as the fill value (zeros) and produce
-    plausible-looking metrics, so it is checked before any row is compared.
-    """
-    for kind in KINDS:
-        for name in row_array_names(kind):
-            if name not in store.manifest.arrays:
-                continue
-            arr = store.group[name]
-            per_file = arr.metadata.chunk_grid.chunk_shape
-            grid = [range(-(-n // c)) for n, c in zip(arr.shape, per_file)]
-            for coords in itertools.product(*grid):
-                key = arr.metadata.encode_chunk_key(coords)
-                if not (store.path / name / key).is_file():
-                    raise StoreCorruptError(f"{store.path}: chunk file {name}/{key} is missing (truncated store)")
 
 
 def same_trajectory(ref: Store, cand: Store) -> bool:

@@ -32,6 +32,7 @@ EXTRA_KEY = "parity_seq"
 
 class RowSink(Protocol):
     def generated(self, seq: int, position: int, row: np.ndarray) -> None: ...
+    def finished(self, seq: int) -> None: ...
     def prompt(self, seq: int, start: int, rows: np.ndarray) -> None: ...
 
 
@@ -67,7 +68,10 @@ class CaptureProcessor(LogitsProcessor):
         if not batch_update:
             return
         for index in batch_update.removed:
-            self.rows.pop(index, None)
+            entry = self.rows.pop(index, None)
+            if entry is not None and STATE.sink is not None:
+                # Lets the writer release the sequence's buffers as soon as it leaves the batch.
+                STATE.sink.finished(entry[0])
         for index, params, _prompt, output_ids in batch_update.added:
             seq = _seq_of(params)
             if seq is None:

@@ -122,6 +122,9 @@ class _Sink:
         self.writer.append_rows(GENERATED, seq, values, ids)
         self._count(seq, np.asarray(values))
 
+    def finished(self, seq: int) -> None:
+        self.writer.finish_sequence(seq)
+
     def prompt(self, seq: int, start: int, rows: np.ndarray, ids: np.ndarray | None = None) -> None:
         if start != self.next_prompt[seq]:
             self.error = f"sequence {seq}: prompt rows from {start}, expected {self.next_prompt[seq]}"
@@ -275,7 +278,14 @@ def record(cfg: RecordConfig, progress: Callable[[Progress], None] | None = None
     prompt_hooked = False
     total = sum(max_tokens + (len(p) - 1 if prompt_logprobs else 0) for p in prompt_ids)
 
-    with StoreWriter(out, vocab_size=vocab_size, topn=topn) as writer:
+    reserve = None
+    if cfg.engine.batch > 1 and len(prompt_ids) > 1:
+        # Rows of concurrently decoded sequences interleave: give each its own region.
+        reserve = {
+            GENERATED: [len(trajectories[i]) if trajectories else max_tokens for i in range(len(prompt_ids))],
+            PROMPT: [len(p) - 1 if prompt_logprobs else 0 for p in prompt_ids],
+        }
+    with StoreWriter(out, vocab_size=vocab_size, topn=topn, reserve=reserve, lanes=cfg.engine.batch) as writer:
         sink = _Sink(writer, len(prompt_ids), topn, total, progress)
         if not public:
             cap.STATE.sink = sink
@@ -332,6 +342,7 @@ def record(cfg: RecordConfig, progress: Callable[[Progress], None] | None = None
                 v, ids = _rows_from_public(entries, vocab_size, topn)
                 writer.append_rows(PROMPT, i, v, ids)
                 sink._count(i, v)
+            writer.finish_sequence(i)
             token_lists.append(list(prompt_ids[i]) + gen_ids)
             text = tokenizer.decode(gen_ids, skip_special_tokens=False) if gen_ids else ""
             seq_infos.append(SequenceInfo(

@@ -16,7 +16,6 @@ from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import zarr
@@ -30,7 +29,7 @@ from parity.errors import (
     StoreNotFoundError,
 )
 
-from .digest import ArrayHasher, hash_array, parse_tagged
+from .digest import ArrayHasher, canonical_json, digest_bytes, hash_array, parse_tagged
 from .manifest import ArrayInfo, Manifest, SequenceInfo
 
 log = logging.getLogger("parity")
@@ -80,17 +79,75 @@ def shard_rows_for(width: int, itemsize: int = 4) -> int:
     return (rows // CHUNK_ROWS) * CHUNK_ROWS
 
 
-class _RowStream:
-    """Appends 2-D rows to one array through a bounded double buffer."""
+class _BlockHashers:
+    """One streaming hasher per sequence block; combined into the array digest."""
 
-    def __init__(self, group: zarr.Group, name: str, width: int, dtype, pool: ThreadPoolExecutor):
+    def __init__(self, dtype: np.dtype):
+        self.dtype = dtype
+        self.blocks: dict[int, ArrayHasher] = {}
+
+    def update(self, seq: int, rows: np.ndarray) -> None:
+        if seq not in self.blocks:
+            self.blocks[seq] = ArrayHasher(self.dtype)
+        self.blocks[seq].update(rows)
+
+    def update_tagged(self, tags: np.ndarray, rows: np.ndarray) -> None:
+        cuts = np.flatnonzero(np.diff(tags)) + 1
+        for a, b in zip([0, *cuts.tolist()], [*cuts.tolist(), len(tags)]):
+            self.update(int(tags[a]), rows[a:b])
+
+    def digest(self, counts: list[int], width: int) -> str:
+        return rows_digest(
+            self.dtype,
+            width,
+            [(self.blocks[s].hexdigest((n, width)) if s in self.blocks else _empty_block(self.dtype, width))
+             for s, n in enumerate(counts)],
+        )
+
+
+def _empty_block(dtype, width: int) -> str:
+    return ArrayHasher(dtype).hexdigest((0, width))
+
+
+def rows_digest(dtype, width: int, block_digests: list[str]) -> str:
+    """Digest of a row array: its dtype, width and each sequence block's digest, in order."""
+    body = canonical_json({"dtype": np.dtype(dtype).newbyteorder("<").str, "width": width, "blocks": block_digests})
+    return digest_bytes(body, b"parity.rows/1\n")
+
+
+class _RowStream:
+    """Row array writer. Two layouts (SPEC.md, "Arrays"):
+
+    packed: rows appended as they come, sequence blocks back to back; for
+        sequences recorded one at a time. Interleaved arrival is repaired by
+        a reorder pass at commit.
+    aligned: each sequence owns a region of ``reserve[s]`` rows rounded up to
+        whole shards, so interleaved sequences (batched decoding) write their
+        own shards directly; memory is one shard buffer per active sequence.
+    """
+
+    def __init__(self, group, name, width, dtype, pool, reserve: list[int] | None = None, lanes: int = 1):
         self.name = name
         self.width = width
         self.dtype = np.dtype(dtype)
-        self.shard_rows = shard_rows_for(width, self.dtype.itemsize)
+        self.group = group
+        self.pool = pool
+        self.aligned = reserve is not None
+        target = shard_rows_for(width, self.dtype.itemsize)
+        if self.aligned:
+            # The shard budget is shared by the sequences decoded together.
+            target = max((target // max(lanes, 1)) // CHUNK_ROWS * CHUNK_ROWS, CHUNK_ROWS)
+            longest = max(reserve, default=0)
+            target = min(target, max(-(-longest // CHUNK_ROWS) * CHUNK_ROWS, CHUNK_ROWS))
+        self.shard_rows = target
+        starts, total = [], 0
+        for n in reserve or []:
+            starts.append(total)
+            total += -(-n // self.shard_rows) * self.shard_rows
+        self.region_starts = starts
         self.array = group.create_array(
             name,
-            shape=(0, width),
+            shape=(total if self.aligned else 0, width),
             dtype=self.dtype,
             chunks=(CHUNK_ROWS, width),
             shards=(self.shard_rows, width),
@@ -98,69 +155,169 @@ class _RowStream:
             config={"write_empty_chunks": True},
             **_row_codecs(),
         )
-        self.pool = pool
+        self.hashers = _BlockHashers(self.dtype)
+        self.counts: dict[int, int] = {}
+        self.pending: list[Future] = []
+        self.written_rows = 0
+        # packed layout state
         self.buffer = np.empty((self.shard_rows, width), dtype=self.dtype)
+        self.tags = np.empty(self.shard_rows, dtype=np.int32)
         self.filled = 0
         self.flushed = 0
-        self.seq_tags: list[np.ndarray] = []
-        self.hasher = ArrayHasher(self.dtype)
-        self.pending: Future | None = None
+        self.arrival: list[np.ndarray] = []
+        # aligned layout state: seq -> (buffer, first absolute row of buffer, rows filled)
+        self.lanes: dict[int, list] = {}
 
+    # -- appending ----------------------------------------------------------
     def append(self, seq: int, rows: np.ndarray) -> None:
         rows = np.asarray(rows, dtype=self.dtype)
         if rows.ndim == 1:
             rows = rows[None, :]
         if rows.shape[1] != self.width:
             raise ValueError(f"{self.name}: row width {rows.shape[1]} != {self.width}")
-        self.seq_tags.append(np.full(rows.shape[0], seq, dtype=np.int32))
+        done = self.counts.get(seq, 0)
+        self.counts[seq] = done + rows.shape[0]
+        if self.aligned:
+            self._append_aligned(seq, done, rows)
+        else:
+            self._append_packed(seq, rows)
+
+    def _append_packed(self, seq: int, rows: np.ndarray) -> None:
+        self.arrival.append(np.full(rows.shape[0], seq, dtype=np.int32))
         start = 0
         while start < rows.shape[0]:
             take = min(self.shard_rows - self.filled, rows.shape[0] - start)
             self.buffer[self.filled : self.filled + take] = rows[start : start + take]
+            self.tags[self.filled : self.filled + take] = seq
             self.filled += take
             start += take
             if self.filled == self.shard_rows:
-                self._flush()
+                self._flush_packed()
 
-    def _flush(self) -> None:
+    def _flush_packed(self) -> None:
         if self.filled == 0:
             return
-        block, self.filled = self.buffer[: self.filled], 0
-        self._wait()
+        block, tags, n = self.buffer, self.tags, self.filled
         begin = self.flushed
-        self.flushed += block.shape[0]
-        self.pending = self.pool.submit(self._write, begin, block)
-        # The worker owns `block` now; fill a fresh buffer meanwhile.
+        self.flushed += n
+        self.filled = 0
         self.buffer = np.empty_like(self.buffer)
+        self.tags = np.empty_like(self.tags)
+        self._submit(n, self._write_packed, begin, block[:n], tags[:n])
 
-    def _write(self, begin: int, block: np.ndarray) -> None:
+    def _write_packed(self, begin: int, block: np.ndarray, tags: np.ndarray) -> None:
         self.array.resize((begin + block.shape[0], self.width))
         self.array[begin : begin + block.shape[0]] = block
-        self.hasher.update(block)
+        self.hashers.update_tagged(tags, block)
 
-    def _wait(self) -> None:
-        if self.pending is not None:
-            self.pending.result()
-            self.pending = None
+    def _append_aligned(self, seq: int, done: int, rows: np.ndarray) -> None:
+        if seq >= len(self.region_starts):
+            raise ValueError(f"{self.name}: sequence {seq} has no reserved region")
+        region = self.region_starts[seq]
+        limit = (self.region_starts[seq + 1] if seq + 1 < len(self.region_starts) else self.array.shape[0]) - region
+        if done + rows.shape[0] > limit:
+            raise ValueError(f"{self.name}: sequence {seq} exceeds its reserved rows")
+        start = 0
+        while start < rows.shape[0]:
+            lane = self.lanes.get(seq)
+            if lane is None:
+                absolute = region + done + start
+                lane = self.lanes[seq] = [np.empty((self.shard_rows, self.width), self.dtype), absolute, 0]
+            buf, first, filled = lane
+            room = self.shard_rows - (first % self.shard_rows) - filled
+            take = min(room, rows.shape[0] - start)
+            buf[filled : filled + take] = rows[start : start + take]
+            lane[2] = filled + take
+            start += take
+            if lane[2] + (first % self.shard_rows) == self.shard_rows:
+                self.finish(seq)
 
-    def close(self) -> np.ndarray:
-        """Flush everything; returns the sequence tag of every stored row."""
-        self._flush()
-        self._wait()
-        return np.concatenate(self.seq_tags) if self.seq_tags else np.zeros(0, np.int32)
+    def finish(self, seq: int) -> None:
+        """Writes out what a sequence has buffered (aligned layout)."""
+        lane = self.lanes.pop(seq, None)
+        if lane is None or lane[2] == 0:
+            return
+        buf, first, filled = lane
+        self._submit(filled, self._write_aligned, seq, first, buf[:filled])
+
+    def _write_aligned(self, seq: int, first: int, block: np.ndarray) -> None:
+        self.array[first : first + block.shape[0]] = block
+        self.hashers.update(seq, block)
+
+    def _submit(self, rows: int, fn, *args) -> None:
+        # At most two writes in flight per array: bounded memory, overlapped I/O.
+        while len(self.pending) >= 2:
+            self.pending.pop(0).result()
+        self.written_rows += rows
+        self.pending.append(self.pool.submit(fn, *args))
+
+    def _drain(self) -> None:
+        while self.pending:
+            self.pending.pop(0).result()
+
+    # -- closing ------------------------------------------------------------
+    def close(self, num_seqs: int) -> tuple[np.ndarray, list[int]]:
+        """Flushes everything; returns (start row of each sequence block, rows per sequence)."""
+        counts = [self.counts.get(s, 0) for s in range(num_seqs)]
+        if self.aligned:
+            for seq in list(self.lanes):
+                self.finish(seq)
+            self._drain()
+            starts = np.array(self.region_starts[:num_seqs], dtype=np.int64)
+            return starts, counts
+        self._flush_packed()
+        self._drain()
+        tags = np.concatenate(self.arrival) if self.arrival else np.zeros(0, np.int32)
+        if len(tags) and np.any(np.diff(tags) < 0):
+            self._reorder(tags)
+        starts = np.zeros(num_seqs, dtype=np.int64)
+        starts[1:] = np.cumsum(counts)[:-1] if num_seqs else []
+        return starts, counts
+
+    def digest(self, counts: list[int]) -> str:
+        return self.hashers.digest(counts, self.width)
+
+    def _reorder(self, tags: np.ndarray) -> None:
+        """Rewrites an interleaved packed array in sequence order, in bounded memory."""
+        root = Path(self.group.store.root)
+        staging = f"{self.name}.staging"
+        os.replace(root / self.name, root / staging)
+        src = zarr.open_array(store=LocalStore(root), path=staging, mode="r")
+        dst = _RowStream(self.group, self.name, self.width, self.dtype, self.pool)
+        order = np.argsort(tags, kind="stable")
+        cache: OrderedDict[int, np.ndarray] = OrderedDict()
+        for start in range(0, len(order), dst.shard_rows):
+            idx = order[start : start + dst.shard_rows]
+            block = np.empty((len(idx), self.width), dtype=self.dtype)
+            for i, row in enumerate(idx):
+                chunk = int(row) // CHUNK_ROWS
+                if chunk not in cache:
+                    cache[chunk] = src[chunk * CHUNK_ROWS : (chunk + 1) * CHUNK_ROWS]
+                    if len(cache) > 64:
+                        cache.popitem(last=False)
+                block[i] = cache[chunk][int(row) % CHUNK_ROWS]
+            for seq in np.unique(tags[idx]):
+                dst.append(int(seq), block[tags[idx] == seq])
+        dst._flush_packed()
+        dst._drain()
+        shutil.rmtree(root / staging)
+        self.array, self.hashers = dst.array, dst.hashers
 
     def bytes_written(self) -> int:
-        return self.flushed * self.width * self.dtype.itemsize
+        return self.written_rows * self.width * self.dtype.itemsize
 
 
 class StoreWriter:
     """Builds one store. Use as a context manager; ``commit`` publishes it.
 
-    Rows may arrive interleaved across sequences (batched decoding); if they
-    do, ``commit`` reorders them by sequence with bounded memory.
+    ``reserve`` (rows per sequence, per row kind: the most each sequence can
+    produce) selects the aligned layout, for batched decoding where rows of
+    several sequences interleave. Without it rows are packed; interleaved
+    arrival is then repaired at commit by a reorder pass.
     """
 
-    def __init__(self, out_dir: Path | str, *, vocab_size: int, topn: int | None = None):
+    def __init__(self, out_dir: Path | str, *, vocab_size: int, topn: int | None = None,
+                 reserve: dict[str, list[int]] | None = None, lanes: int = 1):
         self.out_dir = Path(out_dir).expanduser()
         try:
             self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -176,9 +333,10 @@ class StoreWriter:
         self.streams: dict[str, _RowStream] = {}
         for kind in ROW_KINDS:
             values, ids = row_array_names(kind)
-            self.streams[values] = _RowStream(self.group, values, width, np.float32, self.pool)
+            kind_reserve = reserve.get(kind) if reserve else None
+            self.streams[values] = _RowStream(self.group, values, width, np.float32, self.pool, kind_reserve, lanes)
             if topn:
-                self.streams[ids] = _RowStream(self.group, ids, width, np.int32, self.pool)
+                self.streams[ids] = _RowStream(self.group, ids, width, np.int32, self.pool, kind_reserve, lanes)
         self.lock = threading.Lock()
         self.committed: Path | None = None
 
@@ -191,6 +349,13 @@ class StoreWriter:
                 if ids is None:
                     raise ValueError("top-N rows need their token ids")
                 self.streams[name_ids].append(seq, ids)
+
+    def finish_sequence(self, seq: int) -> None:
+        """A sequence will get no more rows: release its buffers (aligned layout)."""
+        with self.lock:
+            for stream in self.streams.values():
+                if stream.aligned:
+                    stream.finish(seq)
 
     def bytes_written(self) -> int:
         return sum(s.bytes_written() for s in self.streams.values())
@@ -210,19 +375,18 @@ class StoreWriter:
             ),
         }
         for name, stream in self.streams.items():
-            tags = stream.close()
+            starts, counts = stream.close(len(seqs))
             kind = GENERATED if name.startswith("logprobs") else PROMPT
-            counts = np.bincount(tags, minlength=len(seqs)) if len(tags) else np.zeros(len(seqs), np.int64)
-            if len(counts) != len(seqs) or not np.array_equal(counts, expected[kind]):
+            if not np.array_equal(np.array(counts, dtype=np.int64), expected[kind]):
                 raise StoreCorruptError(
-                    f"{name}: captured {counts.tolist()} rows per sequence, expected {expected[kind].tolist()}",
+                    f"{name}: captured {counts} rows per sequence, expected {expected[kind].tolist()}",
                     hint="the engine did not report every position; rerun with PARITY_DEBUG=1",
                 )
-            if len(tags) and np.any(np.diff(tags) < 0):
-                digest = self._reorder(stream, tags)
-            else:
-                digest = stream.hasher.hexdigest((len(tags), stream.width))
-            arrays[name] = ArrayInfo(stream.dtype.str, (len(tags), stream.width), digest)
+            arrays[name] = ArrayInfo(stream.dtype.str, tuple(stream.array.shape), stream.digest(counts))
+            if not name.endswith("_ids"):
+                starts_name = f"{name}_starts"
+                self._write_vector(starts_name, starts)
+                arrays[starts_name] = ArrayInfo(starts.dtype.str, starts.shape, hash_array(starts))
 
         flat = np.array([t for seq in token_ids for t in seq], dtype=np.int32)
         offsets = np.zeros(len(seqs) + 1, dtype=np.int64)
@@ -259,29 +423,6 @@ class StoreWriter:
         if len(values):
             arr[:] = values
 
-    def _reorder(self, stream: _RowStream, tags: np.ndarray) -> str:
-        """Rewrites an interleaved row array in sequence order; returns its digest."""
-        staging = f"{stream.name}.staging"
-        os.replace(self.tmp / stream.name, self.tmp / staging)
-        src = zarr.open_array(store=LocalStore(self.tmp), path=staging, mode="r")
-        dst = _RowStream(self.group, stream.name, stream.width, stream.dtype, self.pool)
-        order = np.argsort(tags, kind="stable")
-        cache: OrderedDict[int, np.ndarray] = OrderedDict()
-        for start in range(0, len(order), dst.shard_rows):
-            idx = order[start : start + dst.shard_rows]
-            block = np.empty((len(idx), stream.width), dtype=stream.dtype)
-            for i, row in enumerate(idx):
-                chunk = int(row) // CHUNK_ROWS
-                if chunk not in cache:
-                    cache[chunk] = src[chunk * CHUNK_ROWS : (chunk + 1) * CHUNK_ROWS]
-                    if len(cache) > 64:
-                        cache.popitem(last=False)
-                block[i] = cache[chunk][int(row) % CHUNK_ROWS]
-            dst.append(0, block)
-        dst.close()
-        shutil.rmtree(self.tmp / staging)
-        return dst.hasher.hexdigest((len(tags), stream.width))
-
     def abort(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
         shutil.rmtree(self.tmp, ignore_errors=True)
@@ -302,6 +443,7 @@ class Store:
         self.group = group
         self.manifest = manifest
         self._offsets = np.asarray(group["token_offsets"][:], dtype=np.int64)
+        self._block_cache: dict[str, tuple[np.ndarray, list[int]]] = {}
 
     @classmethod
     def open(cls, path: Path | str) -> "Store":
@@ -335,30 +477,58 @@ class Store:
         return self.manifest.request.full_vocab
 
     def check_complete(self) -> None:
-        """Every chunk (or shard) file the arrays need is on disk."""
+        """Every chunk (or shard) file that holds data is on disk."""
         for name, info in self.manifest.arrays.items():
-            arr = self.group[name]
             if not info.shape or info.shape[0] == 0:
                 continue
+            arr = self.group[name]
             per_file = arr.shards[0] if arr.shards else arr.chunks[0]
-            need = -(-info.shape[0] // per_file)
-            folder = self.path / name / "c"
-            have = sum(1 for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else 0
-            if have < need:
-                raise StoreCorruptError(f"{self.path}: array {name!r} has {have} of {need} chunk files (truncated store)")
+            if arr.ndim == 2:
+                kind = GENERATED if name.startswith("logprobs") else PROMPT
+                starts, counts = self._blocks(kind)
+                needed = sorted({i for a, n in zip(starts, counts) if n
+                                 for i in range(int(a) // per_file, (int(a) + n - 1) // per_file + 1)})
+                files = [self.path / name / "c" / str(i) / "0" for i in needed]
+            else:
+                files = [self.path / name / "c" / str(i) for i in range(-(-info.shape[0] // per_file))]
+            missing = [f for f in files if not f.is_file()]
+            if missing:
+                raise StoreCorruptError(
+                    f"{self.path}: array {name!r} is missing {len(missing)} of {len(files)} chunk files (truncated store)")
+
+    def _blocks(self, kind: str) -> tuple[np.ndarray, list[int]]:
+        """(start row, row count) of every sequence's block in a row array."""
+        if kind not in self._block_cache:
+            values, _ = row_array_names(kind)
+            m = self.manifest
+            counts = [
+                s.generated_len if kind == GENERATED else (max(s.prompt_len - 1, 0) if m.request.prompt_logprobs else 0)
+                for s in m.sequences
+            ]
+            starts_name = f"{values}_starts"
+            if starts_name in m.arrays:
+                starts = np.asarray(self._read(starts_name, slice(None)), dtype=np.int64)
+            else:
+                raise StoreCorruptError(f"{self.path}: array {starts_name!r} is missing")
+            self._block_cache[kind] = (starts, counts)
+        return self._block_cache[kind]
 
     def tokens(self, seq: int) -> np.ndarray:
         a, b = self._offsets[seq], self._offsets[seq + 1]
         return self._read("token_ids", slice(int(a), int(b)))
 
     def row_offsets(self, kind: str) -> np.ndarray:
-        counts = [
-            s.generated_len if kind == GENERATED else (max(s.prompt_len - 1, 0) if self.manifest.request.prompt_logprobs else 0)
-            for s in self.manifest.sequences
-        ]
-        out = np.zeros(len(counts) + 1, dtype=np.int64)
-        out[1:] = np.cumsum(counts)
-        return out
+        """Start row of each sequence's block, then the end of the last block (S + 1 values).
+
+        Sequence ``s`` owns rows ``[offsets[s], offsets[s] + its row count)``; in
+        the aligned layout (batched recordings) blocks are separated by padding.
+        """
+        starts, counts = self._blocks(kind)
+        end = int(starts[-1]) + counts[-1] if len(counts) else 0
+        return np.append(starts, np.int64(end))
+
+    def row_count(self, kind: str, seq: int) -> int:
+        return self._blocks(kind)[1][seq]
 
     def row_positions(self, kind: str) -> tuple[np.ndarray, np.ndarray]:
         """(sequence index, token position predicted) for every row of a kind."""
@@ -382,16 +552,8 @@ class Store:
         return self._read(name, slice(start, stop))
 
     def sequence_rows(self, kind: str, seq: int, ids: bool = False) -> np.ndarray:
-        off = self.row_offsets(kind)
-        return self.rows(kind, int(off[seq]), int(off[seq + 1]), ids=ids)
-
-    def iter_row_blocks(self, kind: str, block_rows: int | None = None, ids: bool = False) -> Iterator[tuple[int, np.ndarray]]:
-        values, id_name = row_array_names(kind)
-        arr = self.group[id_name if ids else values]
-        total = arr.shape[0]
-        step = block_rows or CHUNK_ROWS * 8
-        for start in range(0, total, step):
-            yield start, self._read(arr.basename, slice(start, min(start + step, total)))
+        starts, counts = self._blocks(kind)
+        return self.rows(kind, int(starts[seq]), int(starts[seq]) + counts[seq], ids=ids)
 
     def _read(self, name: str, sl: slice) -> np.ndarray:
         try:
@@ -404,11 +566,21 @@ class Store:
         """Re-derives every array digest and the content digest and request key."""
         for name, info in self.manifest.arrays.items():
             arr = self.group[name]
-            hasher = ArrayHasher(np.dtype(info.dtype))
-            step = (arr.shards or arr.chunks)[0]
-            for start in range(0, arr.shape[0], step):
-                hasher.update(self._read(name, slice(start, start + step)))
-            if hasher.hexdigest(tuple(info.shape)) != info.digest:
+            dtype = np.dtype(info.dtype)
+            if arr.ndim == 2:
+                kind = GENERATED if name.startswith("logprobs") else PROMPT
+                starts, counts = self._blocks(kind)
+                step = CHUNK_ROWS * 16
+                blocks = []
+                for a, n in zip(starts, counts):
+                    hasher = ArrayHasher(dtype)
+                    for r in range(int(a), int(a) + n, step):
+                        hasher.update(self._read(name, slice(r, min(r + step, int(a) + n))))
+                    blocks.append(hasher.hexdigest((n, arr.shape[1])))
+                actual = rows_digest(dtype, arr.shape[1], blocks)
+            else:
+                actual = hash_array(self._read(name, slice(None)))
+            if actual != info.digest:
                 raise StoreCorruptError(f"{self.path}: array {name!r} does not match its recorded digest")
         derived = replace(self.manifest, digest="", request_key="").with_digests()
         if derived.request_key != self.manifest.request_key:

@@ -116,3 +116,44 @@ def test_record_prints_the_store_path_last_and_show_verify_read_it(tmp_path, tin
     data[len(data) // 2] ^= 0x55
     shard.write_bytes(bytes(data))
     assert_one_line_error(parity("verify", last), code=1)
+
+
+def _synthetic_pair(tmp_path, noise: float, vocab_b: int | None = None):
+    import numpy as np
+
+    from differ.testing import SeqData, StoreSpec, greedy_tokens, log_softmax, write_store
+
+    rng = np.random.default_rng(7)
+    logits = rng.normal(0, 3, (6, 64))
+    ref_rows = log_softmax(logits).astype(np.float32)
+    cand_logits = logits + rng.normal(0, noise, logits.shape)
+    if vocab_b:
+        cand_logits = np.concatenate([cand_logits, np.full((6, vocab_b - 64), -30.0)], axis=1)
+    cand_rows = log_softmax(cand_logits).astype(np.float32)
+    tokens = greedy_tokens(ref_rows)
+    ref, _ = write_store(tmp_path / "ref", StoreSpec(64, [SeqData([1, 2, 3], tokens, ref_rows)]))
+    cand, _ = write_store(tmp_path / "cand", StoreSpec(vocab_b or 64, [SeqData([1, 2, 3], tokens, cand_rows)],
+                                                     run={"forced": True}))
+    return ref, cand
+
+
+def test_diff_exit_codes_and_reports(tmp_path):
+    ref, cand = _synthetic_pair(tmp_path, noise=0.3)
+    report_only = parity("diff", str(ref), str(cand), "--no-color", "--json", str(tmp_path / "r.json"),
+                         "--html", str(tmp_path / "r.html"))
+    assert report_only.returncode == 0, report_only.stderr
+    data = json.loads((tmp_path / "r.json").read_text())
+    assert data["schema"] == "parity.diff/1" and data["verdict"] == "report"
+    assert data["summary"]["positions"] == 6
+    assert "<svg" in (tmp_path / "r.html").read_text()
+    failing = parity("diff", str(ref), str(cand), "--max-kl", "1e-9")
+    assert failing.returncode == 1
+    passing = parity("diff", str(ref), str(ref), "--tolerance", "fp32")
+    assert passing.returncode == 0
+
+
+def test_diff_unusable_input_exits_2(tmp_path):
+    ref, cand = _synthetic_pair(tmp_path, noise=0.1, vocab_b=80)
+    assert_one_line_error(parity("diff", str(ref), str(cand)), "vocab")
+    assert_one_line_error(parity("diff", str(ref), str(tmp_path / "missing")), "no store")
+    assert_one_line_error(parity("diff", str(ref), str(ref), "--tolerance", "fp8"), "fp8")
