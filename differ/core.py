@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
 
@@ -57,19 +58,22 @@ def compare_kind(ref: Store, cand: Store, kind: str, pairs: Pairs, eps: float, t
     full = ref.full_vocab and cand.full_vocab
     width = ref.vocab_size if full else max(ref.vocab_size if ref.full_vocab else ref.manifest.request.logprobs, 1)
     cuts = blocks(pairs, block_rows_for(width, full))
-    # Blocks are read in this thread: zarr decodes on its own event-loop
-    # thread, and a prefetching thread measured no faster (GIL-bound) while
-    # doubling the rows held in memory.
-    for a, b in cuts:
-        x, y, xi, yi = _read_block(ref, cand, kind, pairs, a, b)
-        if full:
-            got = metrics.full_block(x, y, eps)
-        else:
-            got = metrics.topn_block(metrics.Side(x, xi), metrics.Side(y, yi), eps)
-        del x, y, xi, yi
-        for k, v in got.items():
-            out[k][a:b] = v
-        tick(b - a)
+    # The next block is read and decoded on a helper thread while this one is
+    # compared: blosc and numpy both release the GIL, so on two cores reading
+    # and comparing overlap. At most two blocks are held at once.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="parity-diff-read") as pool:
+        pending = pool.submit(_read_block, ref, cand, kind, pairs, *cuts[0]) if cuts else None
+        for i, (a, b) in enumerate(cuts):
+            x, y, xi, yi = pending.result()
+            pending = pool.submit(_read_block, ref, cand, kind, pairs, *cuts[i + 1]) if i + 1 < len(cuts) else None
+            if full:
+                got = metrics.full_block(x, y, eps)
+            else:
+                got = metrics.topn_block(metrics.Side(x, xi), metrics.Side(y, yi), eps)
+            del x, y, xi, yi
+            for k, v in got.items():
+                out[k][a:b] = v
+            tick(b - a)
     return out
 
 
