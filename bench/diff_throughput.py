@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import shutil
 import subprocess
 import sys
@@ -78,7 +77,10 @@ def child(mode: str, ref: str, cand: str) -> None:
         nbytes = report.summary["positions"] * report.reference["vocab_size"] * 4 * 2
         result = {"kl_mean": report.summary["kl"]["mean"], "top1": report.summary["top1_agreement"]}
     dt = time.perf_counter() - t
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    # VmHWM, not ru_maxrss: ru_maxrss survives exec, so a child would report
+    # the peak of the parent that built the stores.
+    status = Path("/proc/self/status").read_text().splitlines()
+    rss = int(next(line for line in status if line.startswith("VmHWM")).split()[1]) / 1024
     print(json.dumps({"seconds": dt, "bytes": nbytes, "peak_rss_mib": rss, **result}))
 
 

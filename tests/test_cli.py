@@ -157,3 +157,14 @@ def test_diff_unusable_input_exits_2(tmp_path):
     assert_one_line_error(parity("diff", str(ref), str(cand)), "vocab")
     assert_one_line_error(parity("diff", str(ref), str(tmp_path / "missing")), "no store")
     assert_one_line_error(parity("diff", str(ref), str(ref), "--tolerance", "fp8"), "fp8")
+
+
+@pytest.mark.engine
+def test_record_following_a_golden_with_diff(tmp_path, golden, perturbed_model):
+    proc = parity("record", "--model", str(perturbed_model), "--golden", str(golden.path), "--diff", "--no-color",
+                  "--max-model-len", "256", "--out", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    store = Store.open(proc.stdout.strip().splitlines()[-1])
+    assert store.manifest.run["forced"] and store.manifest.run["golden"] == golden.manifest.digest
+    assert "same forced trajectory" in proc.stderr and "verdict" in proc.stderr
+    assert "weights differ from the golden" in proc.stderr
