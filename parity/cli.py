@@ -49,7 +49,7 @@ def _setup_logging() -> None:
 # record -----------------------------------------------------------------------
 @app.command()
 def record(
-    device: Annotated[str, typer.Option("--device", help="cpu | rbln.")] = "cpu",
+    device: Annotated[str, typer.Option("--device", help="cpu | rbln | hf (transformers float32 reference).")] = "cpu",
     model: Annotated[str, typer.Option("--model", help="Preset name, Hugging Face id, or local model directory.")] = "tiny",
     golden: Annotated[Optional[str], typer.Option("--golden", help="Follow this golden's token trajectory (store path or hub reference/repo).")] = None,
     prompts: Annotated[Optional[list[str]], typer.Option("--prompts", help="A prompt (repeat the option for more).")] = None,

@@ -253,26 +253,27 @@ def plan_recording(cfg: RecordConfig, *, check_out: bool = True) -> Plan:
 
 
 def record(cfg: RecordConfig, progress: Callable[[Progress], None] | None = None) -> RecordResult:
-    st = settings()
+    """Records one store; returns its path, manifest and timings."""
     plan = plan_recording(cfg)
     profile, model, tokenizer, request = plan.profile, plan.model, plan.tokenizer, plan.request
     prompt_ids, prompt_texts, trajectories, golden_store = plan.prompt_ids, plan.prompt_texts, plan.trajectories, plan.golden
     prompt_logprobs, topn, max_tokens, out = request.prompt_logprobs, plan.topn, request.max_tokens, plan.out
 
-    env = profile.environment(cfg.engine, full_vocab=topn is None)
-    os.environ.update(env)
+    hf = getattr(profile, "runner", "vllm") == "hf"
+    os.environ.update(profile.environment(cfg.engine, full_vocab=topn is None))
     t_start = time.perf_counter()
-    llm, capture_mode = _start_engine(cfg, profile, model.path, cfg.tokenizer)
+    if hf:
+        from transformers import AutoConfig
+
+        llm, capture_mode = None, "hf"
+        vocab_size = int(AutoConfig.from_pretrained(model.path).vocab_size)
+    else:
+        llm, capture_mode = _start_engine(cfg, profile, model.path, cfg.tokenizer)
+        vocab_size = int(llm.llm_engine.model_config.get_vocab_size())
     t_engine = time.perf_counter() - t_start
-    vocab_size = int(llm.llm_engine.model_config.get_vocab_size())
     if golden_store is not None and golden_store.manifest.vocab_size != vocab_size:
         raise GoldenMismatchError(
             f"the model's vocabulary ({vocab_size}) differs from the golden's ({golden_store.manifest.vocab_size})")
-
-    from vllm import SamplingParams
-    from vllm.inputs import TokensPrompt
-
-    from . import capture as cap
 
     public = capture_mode == CAPTURE_PUBLIC
     prompt_hooked = False
@@ -287,67 +288,23 @@ def record(cfg: RecordConfig, progress: Callable[[Progress], None] | None = None
         }
     with StoreWriter(out, vocab_size=vocab_size, topn=topn, reserve=reserve, lanes=cfg.engine.batch) as writer:
         sink = _Sink(writer, len(prompt_ids), topn, total, progress)
-        if not public:
-            cap.STATE.sink = sink
-            cap.STATE.topn = topn
-            cap.STATE.forced = {i: t for i, t in enumerate(trajectories)} if trajectories else {}
-            cap.STATE.capture_generated = True
-            if prompt_logprobs:
-                prompt_hooked = all(llm.collective_rpc(
-                    cap.install_prompt_hook,
-                    args=(lambda seq, start, lp: sink.prompt(seq, start, *_prompt_rows_tensor(lp, topn)),),
-                ))
-        elif trajectories:
-            cap.STATE.sink = None
-            cap.STATE.forced = {i: t for i, t in enumerate(trajectories)}
-        params = []
-        for i in range(len(prompt_ids)):
-            n = len(trajectories[i]) if trajectories else max_tokens
-            want_public_prompt = prompt_logprobs and (public or not prompt_hooked)
-            params.append(SamplingParams(
-                temperature=0.0,
-                max_tokens=max(n, 1),
-                seed=cfg.engine.seed,
-                ignore_eos=bool(trajectories),
-                detokenize=False,
-                logprobs=(-1 if topn is None else topn) if public else None,
-                prompt_logprobs=(-1 if topn is None else topn) if want_public_prompt else (0 if prompt_logprobs else None),
-                extra_args={cap.EXTRA_KEY: i},
-            ))
-        prompts = [TokensPrompt(prompt_token_ids=p) for p in prompt_ids]
-        t_gen = t_gen_start = time.perf_counter()
-        try:
-            outputs = llm.generate(prompts, params, use_tqdm=False)
-        except Exception as e:  # the engine's own failures: keep one line, traceback under PARITY_DEBUG
-            if st.debug:
-                raise
-            raise EngineError(f"the engine failed while generating: {type(e).__name__}: {e}") from None
-        finally:
-            cap.STATE.sink = None
-            cap.STATE.forced = {}
-        t_gen = time.perf_counter() - t_gen
+        t_gen_start = time.perf_counter()
+        if hf:
+            results = _generate_hf(cfg, plan, sink)
+        else:
+            results, prompt_hooked = _generate_vllm(cfg, plan, llm, capture_mode, sink, writer, vocab_size)
+        t_gen = time.perf_counter() - t_gen_start
         if sink.error:
             raise EngineError(f"capture lost alignment: {sink.error}")
 
         token_lists, seq_infos = [], []
-        for i, o in enumerate(outputs):
-            comp = o.outputs[0]
-            gen_ids = list(comp.token_ids)
-            if public:
-                v, ids = _rows_from_public(comp.logprobs or [], vocab_size, topn)
-                writer.append_rows(GENERATED, i, v, ids)
-                sink._count(i, v)
-            if prompt_logprobs and (public or not prompt_hooked):
-                entries = (o.prompt_logprobs or [])[1:]
-                v, ids = _rows_from_public(entries, vocab_size, topn)
-                writer.append_rows(PROMPT, i, v, ids)
-                sink._count(i, v)
+        for i, (gen_ids, finish_reason) in enumerate(results):
             writer.finish_sequence(i)
             token_lists.append(list(prompt_ids[i]) + gen_ids)
             text = tokenizer.decode(gen_ids, skip_special_tokens=False) if gen_ids else ""
             seq_infos.append(SequenceInfo(
                 index=i, prompt_len=len(prompt_ids[i]), generated_len=len(gen_ids),
-                finish_reason=comp.finish_reason, nan_rows=sink.nan_rows[i], inf_rows=sink.inf_rows[i],
+                finish_reason=finish_reason, nan_rows=sink.nan_rows[i], inf_rows=sink.inf_rows[i],
                 text=text,
             ))
             if prompt_texts[i] is not None:
@@ -360,7 +317,8 @@ def record(cfg: RecordConfig, progress: Callable[[Progress], None] | None = None
         generated = sum(s.generated_len for s in seq_infos)
         run = {
             "capture": capture_mode if not public else CAPTURE_PUBLIC,
-            "prompt_capture": (CAPTURE_TENSOR if prompt_hooked else CAPTURE_PUBLIC) if prompt_logprobs else None,
+            "prompt_capture": (capture_mode if hf else CAPTURE_TENSOR if prompt_hooked else CAPTURE_PUBLIC)
+            if prompt_logprobs else None,
             "timings": {
                 "engine_start_s": round(t_engine, 3),
                 "generate_s": round(t_gen, 3),
@@ -374,8 +332,7 @@ def record(cfg: RecordConfig, progress: Callable[[Progress], None] | None = None
             kind=profile.name,
             versions=profile.versions(),
             env=recorded_env(),
-            engine_args={k: v for k, v in _engine_kwargs(cfg, profile, model.path, cfg.tokenizer).items()
-                         if k not in ("logits_processors",)},
+            engine_args=profile.engine_args(cfg.engine) if hf else _engine_kwargs(cfg, profile, model.path, cfg.tokenizer),
             host=profile.host(),
         )
         manifest = Manifest(
@@ -393,6 +350,92 @@ def record(cfg: RecordConfig, progress: Callable[[Progress], None] | None = None
     # Generation through the published store: what a user waits for after the engine is up.
     timings = {**run["timings"], "record_s": round(time.perf_counter() - t_gen_start, 3)}
     return RecordResult(path, manifest, timings)
+
+
+def _generate_vllm(cfg: RecordConfig, plan: Plan, llm, capture_mode: str, sink: "_Sink", writer: StoreWriter,
+                   vocab_size: int) -> tuple[list[tuple[list[int], str | None]], bool]:
+    """Runs vLLM with tensor capture (or the public path); returns per-sequence results."""
+    from vllm import SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    from . import capture as cap
+
+    request, topn, trajectories = plan.request, plan.topn, plan.trajectories
+    prompt_ids, prompt_logprobs = plan.prompt_ids, request.prompt_logprobs
+    public = capture_mode == CAPTURE_PUBLIC
+    prompt_hooked = False
+    if not public:
+        cap.STATE.sink = sink
+        cap.STATE.topn = topn
+        cap.STATE.forced = {i: t for i, t in enumerate(trajectories)} if trajectories else {}
+        cap.STATE.capture_generated = True
+        if prompt_logprobs:
+            prompt_hooked = all(llm.collective_rpc(
+                cap.install_prompt_hook,
+                args=(lambda seq, start, lp: sink.prompt(seq, start, *_prompt_rows_tensor(lp, topn)),),
+            ))
+    elif trajectories:
+        cap.STATE.sink = None
+        cap.STATE.forced = {i: t for i, t in enumerate(trajectories)}
+    params = []
+    for i in range(len(prompt_ids)):
+        n = len(trajectories[i]) if trajectories else request.max_tokens
+        want_public_prompt = prompt_logprobs and (public or not prompt_hooked)
+        params.append(SamplingParams(
+            temperature=0.0,
+            max_tokens=max(n, 1),
+            seed=cfg.engine.seed,
+            ignore_eos=bool(trajectories),
+            detokenize=False,
+            logprobs=(-1 if topn is None else topn) if public else None,
+            prompt_logprobs=(-1 if topn is None else topn) if want_public_prompt else (0 if prompt_logprobs else None),
+            extra_args={cap.EXTRA_KEY: i},
+        ))
+    prompts = [TokensPrompt(prompt_token_ids=p) for p in prompt_ids]
+    try:
+        outputs = llm.generate(prompts, params, use_tqdm=False)
+    except Exception as e:  # the engine's own failures: keep one line, traceback under PARITY_DEBUG
+        if settings().debug:
+            raise
+        raise EngineError(f"the engine failed while generating: {type(e).__name__}: {e}") from None
+    finally:
+        cap.STATE.sink = None
+        cap.STATE.forced = {}
+    results = []
+    for i, o in enumerate(outputs):
+        comp = o.outputs[0]
+        if public:
+            v, ids = _rows_from_public(comp.logprobs or [], vocab_size, topn)
+            writer.append_rows(GENERATED, i, v, ids)
+            sink._count(i, v)
+        if prompt_logprobs and (public or not prompt_hooked):
+            v, ids = _rows_from_public((o.prompt_logprobs or [])[1:], vocab_size, topn)
+            writer.append_rows(PROMPT, i, v, ids)
+            sink._count(i, v)
+        results.append((list(comp.token_ids), comp.finish_reason))
+    return results, prompt_hooked
+
+
+def _generate_hf(cfg: RecordConfig, plan: Plan, sink: "_Sink") -> list[tuple[list[int], str | None]]:
+    from .devices.hf import run_hf
+
+    def emit(kind: str, seq: int, position: int, logprobs) -> None:
+        values, ids = _prompt_rows_tensor(logprobs if logprobs.ndim == 2 else logprobs[None, :], plan.topn)
+        if kind == PROMPT:
+            sink.prompt(seq, position, values, ids)
+        else:
+            sink.generated(seq, position, (values[0], ids[0]) if plan.topn else values[0])
+
+    lengths = [len(t) for t in plan.trajectories] if plan.trajectories else [plan.request.max_tokens] * len(plan.prompt_ids)
+    try:
+        return run_hf(plan.model.path, plan.prompt_ids, lengths, plan.trajectories, dtype=cfg.engine.dtype,
+                      seed=cfg.engine.seed, eos_token_id=plan.tokenizer.eos_token_id,
+                      prompt_logprobs=plan.request.prompt_logprobs,
+                      num_hidden_layers=cfg.engine.num_hidden_layers, emit=emit)
+    except Exception as e:
+        if settings().debug:
+            raise
+        raise EngineError(f"transformers failed while scoring: {type(e).__name__}: {e}") from None
 
 
 def _engine_kwargs(cfg: RecordConfig, profile, model_path: Path, tokenizer: str | None) -> dict:

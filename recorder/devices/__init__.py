@@ -6,11 +6,13 @@ from parity.errors import UsageError
 
 from .base import DeviceProfile, EngineOptions
 from .cpu import CpuProfile
+from .hf import HfProfile
 from .rbln import RblnProfile
 
 PROFILES: dict[str, type[DeviceProfile]] = {
     "cpu": CpuProfile,
     "rbln": RblnProfile,
+    "hf": HfProfile,
 }
 
 

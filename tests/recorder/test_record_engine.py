@@ -129,3 +129,19 @@ def test_interrupted_recording_leaves_nothing_that_looks_complete(tiny_model, en
     again = record(RecordConfig(model=str(tiny_model), prompts=ENGINE_PROMPTS[:2], max_tokens=8, out=tmp_path,
                                 engine=engine_options))
     assert [p.name for p in tmp_path.iterdir()] == [again.path.name]
+
+
+def test_hf_reference_device_agrees_with_the_cpu_golden(golden, tiny_model, engine_options, tmp_path):
+    # transformers eager float32 on the golden's trajectory: an independent check of the golden itself.
+    ref = record(RecordConfig(model=str(tiny_model), device="hf", golden=golden.path, out=tmp_path,
+                              engine=engine_options))
+    h = Store.open(ref.path)
+    g = Store.open(golden.path)
+    assert h.manifest.device.kind == "hf" and h.manifest.run["capture"] == "hf"
+    for s in g.manifest.sequences:
+        assert list(h.tokens(s.index)) == list(g.tokens(s.index))
+        assert np.abs(h.sequence_rows(GENERATED, s.index) - g.sequence_rows(GENERATED, s.index)).max() <= 1e-3
+        if s.prompt_len > 1:
+            assert np.abs(h.sequence_rows(PROMPT, s.index) - g.sequence_rows(PROMPT, s.index)).max() <= 1e-3
+    assert h.manifest.prompt_positions == g.manifest.prompt_positions > 0
+    assert h.verify()
