@@ -42,8 +42,6 @@ class _State:
     sink: RowSink | None = None
     forced: dict[int, list[int]] = {}
     topn: int | None = None
-    capture_generated: bool = True
-    calls: int = 0
 
 
 STATE = _State()
@@ -89,10 +87,9 @@ class CaptureProcessor(LogitsProcessor):
     def apply(self, logits: torch.Tensor) -> torch.Tensor:
         if not self.rows:
             return logits
-        STATE.calls += 1
         sink = STATE.sink
         indices = sorted(self.rows)
-        if sink is not None and STATE.capture_generated:
+        if sink is not None:
             index_t = torch.tensor(indices, dtype=torch.long, device=logits.device)
             # Same op and dtype as vLLM's Sampler.compute_logprobs.
             logprobs = logits.index_select(0, index_t).log_softmax(dim=-1, dtype=torch.float32)

@@ -368,7 +368,6 @@ def _generate_vllm(cfg: RecordConfig, plan: Plan, llm, capture_mode: str, sink: 
         cap.STATE.sink = sink
         cap.STATE.topn = topn
         cap.STATE.forced = {i: t for i, t in enumerate(trajectories)} if trajectories else {}
-        cap.STATE.capture_generated = True
         if prompt_logprobs:
             prompt_hooked = all(llm.collective_rpc(
                 cap.install_prompt_hook,

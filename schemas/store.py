@@ -30,7 +30,7 @@ from parity.errors import (
 )
 
 from .digest import ArrayHasher, canonical_json, digest_bytes, hash_array, parse_tagged
-from .manifest import ArrayInfo, Manifest, SequenceInfo
+from .manifest import ArrayInfo, Manifest
 
 log = logging.getLogger("parity")
 
@@ -597,6 +597,3 @@ class Store:
 def open_store(path: Path | str) -> Store:
     return Store.open(path)
 
-
-def sequence_info(index: int, prompt_len: int, generated_len: int, **kw) -> SequenceInfo:
-    return SequenceInfo(index=index, prompt_len=prompt_len, generated_len=generated_len, **kw)
