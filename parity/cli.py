@@ -131,6 +131,7 @@ def diff(
     Exit 0: pass (or report only), 1: fail, 2: unusable input.
     """
     import differ
+    from differ.report import write_atomic
 
     thresholds = differ.Thresholds(max_kl=max_kl, max_mean_kl=max_mean_kl, min_top1=min_top1, max_abs=max_abs)
     if tolerance:
@@ -143,7 +144,7 @@ def diff(
     if json_path:
         report.write_json(json_path)
     if html_path:
-        _atomic_write_text(html_path, differ.render_html(report))
+        write_atomic(html_path, differ.render_html(report))
     sink.result(differ.render_text(report, color=not no_color and sink.color))
     raise typer.Exit(report.exit_code)
 
@@ -166,13 +167,6 @@ def _resolve_any(ref: str, repo: str | None) -> Path:
     if goldens.is_hub_reference(ref) or repo:
         return goldens.resolve_store(ref, repo=repo)
     return local
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 # show / verify -----------------------------------------------------------------

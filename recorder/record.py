@@ -76,7 +76,7 @@ def _check_out_dir(out: Path) -> None:
         raise OutputNotWritableError(f"output directory {out} is not writable")
 
 
-def _golden_plan(golden: Store, cfg: RecordConfig) -> tuple[list[list[int]], list[list[int]]]:
+def _golden_plan(golden: Store) -> tuple[list[list[int]], list[list[int]]]:
     """Prompts and trajectories to follow, taken from the golden store."""
     prompts = [list(p) for p in golden.manifest.request.prompts]
     trajectories = []
@@ -102,6 +102,11 @@ class _Sink:
         self.progress = progress
         self.started = time.perf_counter()
         self.error: str | None = None
+
+    def append(self, kind: str, seq: int, values: np.ndarray, ids: np.ndarray | None = None) -> None:
+        """Rows of one sequence at once (the public fallback path)."""
+        self.writer.append_rows(kind, seq, values, ids)
+        self._count(seq, values)
 
     def _count(self, seq: int, values: np.ndarray) -> None:
         values = values if values.ndim == 2 else values[None, :]
@@ -181,6 +186,13 @@ class Plan:
         return [list(p) for p in self.request.prompts]
 
     @property
+    def lengths(self) -> list[int]:
+        """Most tokens each sequence will generate: the golden's when forced."""
+        if self.trajectories:
+            return [len(t) for t in self.trajectories]
+        return [self.request.max_tokens] * len(self.request.prompts)
+
+    @property
     def topn(self) -> int | None:
         return self.request.logprobs if self.request.logprobs > 0 else None
 
@@ -216,7 +228,7 @@ def plan_recording(cfg: RecordConfig, *, check_out: bool = True) -> Plan:
         if gm.request.model.weights_digest and w_digest != gm.request.model.weights_digest:
             log.warning("model weights differ from the golden's (%s): recording a different model on its trajectory",
                         gm.request.model.id)
-        prompt_ids, trajectories = _golden_plan(golden_store, cfg)
+        prompt_ids, trajectories = _golden_plan(golden_store)
         prompt_texts = [None] * len(prompt_ids)
         max_tokens = gm.request.max_tokens
         logprobs = gm.request.logprobs if cfg.logprobs == -1 else cfg.logprobs
@@ -257,7 +269,7 @@ def record(cfg: RecordConfig, progress: Callable[[Progress], None] | None = None
     plan = plan_recording(cfg)
     profile, model, tokenizer, request = plan.profile, plan.model, plan.tokenizer, plan.request
     prompt_ids, prompt_texts, trajectories, golden_store = plan.prompt_ids, plan.prompt_texts, plan.trajectories, plan.golden
-    prompt_logprobs, topn, max_tokens, out = request.prompt_logprobs, plan.topn, request.max_tokens, plan.out
+    prompt_logprobs, topn, out = request.prompt_logprobs, plan.topn, plan.out
 
     hf = getattr(profile, "runner", "vllm") == "hf"
     os.environ.update(profile.environment(cfg.engine, full_vocab=topn is None))
@@ -275,15 +287,14 @@ def record(cfg: RecordConfig, progress: Callable[[Progress], None] | None = None
         raise GoldenMismatchError(
             f"the model's vocabulary ({vocab_size}) differs from the golden's ({golden_store.manifest.vocab_size})")
 
-    public = capture_mode == CAPTURE_PUBLIC
     prompt_hooked = False
-    total = sum(max_tokens + (len(p) - 1 if prompt_logprobs else 0) for p in prompt_ids)
+    total = sum(plan.lengths) + sum(len(p) - 1 for p in prompt_ids if prompt_logprobs)
 
     reserve = None
     if cfg.engine.batch > 1 and len(prompt_ids) > 1:
         # Rows of concurrently decoded sequences interleave: give each its own region.
         reserve = {
-            GENERATED: [len(trajectories[i]) if trajectories else max_tokens for i in range(len(prompt_ids))],
+            GENERATED: plan.lengths,
             PROMPT: [len(p) - 1 if prompt_logprobs else 0 for p in prompt_ids],
         }
     with StoreWriter(out, vocab_size=vocab_size, topn=topn, reserve=reserve, lanes=cfg.engine.batch) as writer:
@@ -292,7 +303,7 @@ def record(cfg: RecordConfig, progress: Callable[[Progress], None] | None = None
         if hf:
             results = _generate_hf(cfg, plan, sink)
         else:
-            results, prompt_hooked = _generate_vllm(cfg, plan, llm, capture_mode, sink, writer, vocab_size)
+            results, prompt_hooked = _generate_vllm(cfg, plan, llm, capture_mode, sink, vocab_size)
         t_gen = time.perf_counter() - t_gen_start
         if sink.error:
             raise EngineError(f"capture lost alignment: {sink.error}")
@@ -305,10 +316,8 @@ def record(cfg: RecordConfig, progress: Callable[[Progress], None] | None = None
             seq_infos.append(SequenceInfo(
                 index=i, prompt_len=len(prompt_ids[i]), generated_len=len(gen_ids),
                 finish_reason=finish_reason, nan_rows=sink.nan_rows[i], inf_rows=sink.inf_rows[i],
-                text=text,
+                text=(prompt_texts[i] or "") + text,
             ))
-            if prompt_texts[i] is not None:
-                seq_infos[-1] = SequenceInfo(**{**seq_infos[-1].__dict__, "text": prompt_texts[i] + text})
         if trajectories:
             for i, (traj, toks) in enumerate(zip(trajectories, token_lists)):
                 if toks[len(prompt_ids[i]):] != traj[: len(toks) - len(prompt_ids[i])]:
@@ -316,7 +325,7 @@ def record(cfg: RecordConfig, progress: Callable[[Progress], None] | None = None
 
         generated = sum(s.generated_len for s in seq_infos)
         run = {
-            "capture": capture_mode if not public else CAPTURE_PUBLIC,
+            "capture": capture_mode,
             "prompt_capture": (capture_mode if hf else CAPTURE_TENSOR if prompt_hooked else CAPTURE_PUBLIC)
             if prompt_logprobs else None,
             "timings": {
@@ -352,8 +361,7 @@ def record(cfg: RecordConfig, progress: Callable[[Progress], None] | None = None
     return RecordResult(path, manifest, timings)
 
 
-def _generate_vllm(cfg: RecordConfig, plan: Plan, llm, capture_mode: str, sink: "_Sink", writer: StoreWriter,
-                   vocab_size: int) -> tuple[list[tuple[list[int], str | None]], bool]:
+def _generate_vllm(cfg: RecordConfig, plan: Plan, llm, capture_mode: str, sink: "_Sink", vocab_size: int) -> tuple[list[tuple[list[int], str | None]], bool]:
     """Runs vLLM with tensor capture (or the public path); returns per-sequence results."""
     from vllm import SamplingParams
     from vllm.inputs import TokensPrompt
@@ -377,8 +385,7 @@ def _generate_vllm(cfg: RecordConfig, plan: Plan, llm, capture_mode: str, sink: 
         cap.STATE.sink = None
         cap.STATE.forced = {i: t for i, t in enumerate(trajectories)}
     params = []
-    for i in range(len(prompt_ids)):
-        n = len(trajectories[i]) if trajectories else request.max_tokens
+    for i, n in enumerate(plan.lengths):
         want_public_prompt = prompt_logprobs and (public or not prompt_hooked)
         params.append(SamplingParams(
             temperature=0.0,
@@ -404,13 +411,9 @@ def _generate_vllm(cfg: RecordConfig, plan: Plan, llm, capture_mode: str, sink: 
     for i, o in enumerate(outputs):
         comp = o.outputs[0]
         if public:
-            v, ids = _rows_from_public(comp.logprobs or [], vocab_size, topn)
-            writer.append_rows(GENERATED, i, v, ids)
-            sink._count(i, v)
+            sink.append(GENERATED, i, *_rows_from_public(comp.logprobs or [], vocab_size, topn))
         if prompt_logprobs and (public or not prompt_hooked):
-            v, ids = _rows_from_public((o.prompt_logprobs or [])[1:], vocab_size, topn)
-            writer.append_rows(PROMPT, i, v, ids)
-            sink._count(i, v)
+            sink.append(PROMPT, i, *_rows_from_public((o.prompt_logprobs or [])[1:], vocab_size, topn))
         results.append((list(comp.token_ids), comp.finish_reason))
     return results, prompt_hooked
 
@@ -425,9 +428,8 @@ def _generate_hf(cfg: RecordConfig, plan: Plan, sink: "_Sink") -> list[tuple[lis
         else:
             sink.generated(seq, position, (values[0], ids[0]) if plan.topn else values[0])
 
-    lengths = [len(t) for t in plan.trajectories] if plan.trajectories else [plan.request.max_tokens] * len(plan.prompt_ids)
     try:
-        return run_hf(plan.model.path, plan.prompt_ids, lengths, plan.trajectories, dtype=cfg.engine.dtype,
+        return run_hf(plan.model.path, plan.prompt_ids, plan.lengths, plan.trajectories, dtype=cfg.engine.dtype,
                       seed=cfg.engine.seed, eos_token_id=plan.tokenizer.eos_token_id,
                       prompt_logprobs=plan.request.prompt_logprobs,
                       num_hidden_layers=cfg.engine.num_hidden_layers, emit=emit)

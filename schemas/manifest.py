@@ -185,13 +185,19 @@ class Manifest:
     request_key: str = ""
     digest: str = ""
 
+    def row_counts(self, kind: str) -> list[int]:
+        """Rows each sequence owns in a row array: "generated" or "prompt" (SPEC.md, "Arrays")."""
+        if kind == "generated":
+            return [s.generated_len for s in self.sequences]
+        return [max(s.prompt_len - 1, 0) if self.request.prompt_logprobs else 0 for s in self.sequences]
+
     @property
     def prompt_positions(self) -> int:
-        return sum(max(s.prompt_len - 1, 0) for s in self.sequences) if self.request.prompt_logprobs else 0
+        return sum(self.row_counts("prompt"))
 
     @property
     def generated_positions(self) -> int:
-        return sum(s.generated_len for s in self.sequences)
+        return sum(self.row_counts("generated"))
 
     @property
     def nan_rows(self) -> int:

@@ -54,6 +54,11 @@ def row_array_names(kind: str) -> tuple[str, str]:
     return base, f"{base}_ids"
 
 
+def kind_of(name: str) -> str:
+    """The row kind a row array (values or ids) belongs to."""
+    return PROMPT if name.startswith(row_array_names(PROMPT)[0]) else GENERATED
+
+
 def store_name(digest: str) -> str:
     return parse_tagged(digest)[:NAME_HEX_CHARS] + STORE_SUFFIX
 
@@ -369,16 +374,10 @@ class StoreWriter:
         if len(token_ids) != len(seqs):
             raise ValueError("one token list per sequence is required")
         arrays: dict[str, ArrayInfo] = {}
-        expected = {
-            GENERATED: np.array([s.generated_len for s in seqs], dtype=np.int64),
-            PROMPT: np.array(
-                [max(s.prompt_len - 1, 0) if manifest.request.prompt_logprobs else 0 for s in seqs],
-                dtype=np.int64,
-            ),
-        }
+        expected = {kind: np.array(manifest.row_counts(kind), dtype=np.int64) for kind in ROW_KINDS}
         for name, stream in self.streams.items():
             starts, counts = stream.close(len(seqs))
-            kind = GENERATED if name.startswith("logprobs") else PROMPT
+            kind = kind_of(name)
             if not np.array_equal(np.array(counts, dtype=np.int64), expected[kind]):
                 raise StoreCorruptError(
                     f"{name}: captured {counts} rows per sequence, expected {expected[kind].tolist()}",
@@ -486,8 +485,7 @@ class Store:
             arr = self.group[name]
             per_file = arr.shards[0] if arr.shards else arr.chunks[0]
             if arr.ndim == 2:
-                kind = GENERATED if name.startswith("logprobs") else PROMPT
-                starts, counts = self._blocks(kind)
+                starts, counts = self._blocks(kind_of(name))
                 needed = sorted({i for a, n in zip(starts, counts) if n
                                  for i in range(int(a) // per_file, (int(a) + n - 1) // per_file + 1)})
                 files = [self.path / name / "c" / str(i) / "0" for i in needed]
@@ -503,10 +501,7 @@ class Store:
         if kind not in self._block_cache:
             values, _ = row_array_names(kind)
             m = self.manifest
-            counts = [
-                s.generated_len if kind == GENERATED else (max(s.prompt_len - 1, 0) if m.request.prompt_logprobs else 0)
-                for s in m.sequences
-            ]
+            counts = m.row_counts(kind)
             starts_name = f"{values}_starts"
             if starts_name in m.arrays:
                 starts = np.asarray(self._read(starts_name, slice(None)), dtype=np.int64)
@@ -529,18 +524,11 @@ class Store:
         end = int(starts[-1]) + counts[-1] if len(counts) else 0
         return np.append(starts, np.int64(end))
 
-    def row_count(self, kind: str, seq: int) -> int:
-        return self._blocks(kind)[1][seq]
-
     def row_positions(self, kind: str) -> tuple[np.ndarray, np.ndarray]:
         """(sequence index, token position predicted) for every row of a kind."""
         seqs, positions = [], []
-        for s in self.manifest.sequences:
-            if kind == GENERATED:
-                n, first = s.generated_len, s.prompt_len
-            else:
-                n = max(s.prompt_len - 1, 0) if self.manifest.request.prompt_logprobs else 0
-                first = 1
+        for s, n in zip(self.manifest.sequences, self.manifest.row_counts(kind)):
+            first = s.prompt_len if kind == GENERATED else 1
             seqs.append(np.full(n, s.index, np.int32))
             positions.append(np.arange(first, first + n, dtype=np.int32))
         cat = lambda xs: np.concatenate(xs) if xs else np.zeros(0, np.int32)  # noqa: E731
@@ -570,8 +558,7 @@ class Store:
             arr = self.group[name]
             dtype = np.dtype(info.dtype)
             if arr.ndim == 2:
-                kind = GENERATED if name.startswith("logprobs") else PROMPT
-                starts, counts = self._blocks(kind)
+                starts, counts = self._blocks(kind_of(name))
                 step = CHUNK_ROWS * 16
                 blocks = []
                 for a, n in zip(starts, counts):
