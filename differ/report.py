@@ -235,7 +235,7 @@ def write_atomic(path: str | Path, text: str) -> Path:
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as e:
-        raise OutputNotWritableError(f"cannot write {path}: {e.strerror or e}") from None
+        raise OutputNotWritableError(f"cannot write {path}: {e.strerror or e}", hint="choose another path") from None
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
