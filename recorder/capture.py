@@ -31,7 +31,7 @@ EXTRA_KEY = "parity_seq"
 
 
 class RowSink(Protocol):
-    def generated(self, seq: int, position: int, row: np.ndarray) -> None: ...
+    def generated(self, entries: list[tuple[int, int]], values: np.ndarray, ids: np.ndarray | None) -> None: ...
     def finished(self, seq: int) -> None: ...
     def prompt(self, seq: int, start: int, rows: np.ndarray) -> None: ...
 
@@ -98,10 +98,7 @@ class CaptureProcessor(LogitsProcessor):
                 values_np, ids_np = values.cpu().numpy(), ids.to(torch.int32).cpu().numpy()
             else:
                 values_np, ids_np = logprobs.cpu().numpy(), None
-            for k, index in enumerate(indices):
-                seq, output_ids = self.rows[index]
-                row = values_np[k] if ids_np is None else (values_np[k], ids_np[k])
-                sink.generated(seq, len(output_ids), row)
+            sink.generated([(self.rows[i][0], len(self.rows[i][1])) for i in indices], values_np, ids_np)
         if STATE.forced:
             for index in indices:
                 seq, output_ids = self.rows[index]

@@ -30,6 +30,8 @@ from .inputs import load_prompts, resolve_model, tokenizer_digest, weights_diges
 
 log = logging.getLogger("parity")
 
+PROGRESS_INTERVAL_S = 0.1
+
 CAPTURE_TENSOR = "tensor"
 CAPTURE_PUBLIC = "public"
 
@@ -101,31 +103,39 @@ class _Sink:
         self.total = total
         self.progress = progress
         self.started = time.perf_counter()
+        self.last_report = 0.0
         self.error: str | None = None
 
     def append(self, kind: str, seq: int, values: np.ndarray, ids: np.ndarray | None = None) -> None:
         """Rows of one sequence at once (the public fallback path)."""
         self.writer.append_rows(kind, seq, values, ids)
-        self._count(seq, values)
+        self._count([seq] * len(values), values)
 
-    def _count(self, seq: int, values: np.ndarray) -> None:
-        values = values if values.ndim == 2 else values[None, :]
-        self.nan_rows[seq] += int(np.isnan(values).any(axis=1).sum())
-        self.inf_rows[seq] += int(np.isposinf(values).any(axis=1).sum())
+    def _count(self, seqs: list[int], values: np.ndarray) -> None:
+        # One pass: a row's sum is finite exactly when every entry is; only
+        # rows that fail (-inf entries, or NaN/+inf) are inspected further.
+        with np.errstate(invalid="ignore", over="ignore"):
+            suspect = np.flatnonzero(~np.isfinite(values.sum(axis=1)))
+        for k in suspect:
+            seq = seqs[k]
+            self.nan_rows[seq] += bool(np.isnan(values[k]).any())
+            self.inf_rows[seq] += bool(np.isposinf(values[k]).any())
         self.positions += values.shape[0]
-        if self.progress:
-            self.progress(Progress(self.positions, self.total, self.writer.bytes_written(),
-                                   time.perf_counter() - self.started))
+        now = time.perf_counter()
+        if self.progress and (now - self.last_report >= PROGRESS_INTERVAL_S or self.positions >= self.total):
+            self.last_report = now
+            self.progress(Progress(self.positions, self.total, self.writer.bytes_written(), now - self.started))
 
-    def generated(self, seq: int, position: int, row) -> None:
-        if position != self.next_generated[seq]:
-            # A preempted or re-scheduled request: rows would be misaligned.
-            self.error = f"sequence {seq}: got a row for generated position {position}, expected {self.next_generated[seq]}"
-            return
-        self.next_generated[seq] += 1
-        values, ids = (row if self.topn else (row, None))
-        self.writer.append_rows(GENERATED, seq, values, ids)
-        self._count(seq, np.asarray(values))
+    def generated(self, entries: list[tuple[int, int]], values: np.ndarray, ids: np.ndarray | None = None) -> None:
+        """One decode step: row k of values (and ids) is position entries[k][1] of sequence entries[k][0]."""
+        for k, (seq, position) in enumerate(entries):
+            if position != self.next_generated[seq]:
+                # A preempted or re-scheduled request: rows would be misaligned.
+                self.error = f"sequence {seq}: got a row for generated position {position}, expected {self.next_generated[seq]}"
+                return
+            self.next_generated[seq] += 1
+            self.writer.append_rows(GENERATED, seq, values[k], None if ids is None else ids[k])
+        self._count([seq for seq, _ in entries], values)
 
     def finished(self, seq: int) -> None:
         self.writer.finish_sequence(seq)
@@ -136,7 +146,7 @@ class _Sink:
             return
         self.next_prompt[seq] += rows.shape[0]
         self.writer.append_rows(PROMPT, seq, rows, ids)
-        self._count(seq, rows)
+        self._count([seq] * rows.shape[0], rows)
 
 
 def _prompt_rows_tensor(logprobs, topn: int | None):
@@ -426,7 +436,7 @@ def _generate_hf(cfg: RecordConfig, plan: Plan, sink: "_Sink") -> list[tuple[lis
         if kind == PROMPT:
             sink.prompt(seq, position, values, ids)
         else:
-            sink.generated(seq, position, (values[0], ids[0]) if plan.topn else values[0])
+            sink.generated([(seq, position)], values, ids)
 
     try:
         return run_hf(plan.model.path, plan.prompt_ids, plan.lengths, plan.trajectories, dtype=cfg.engine.dtype,

@@ -128,10 +128,13 @@ def test_sink_stores_nan_rows_and_counts_them(tmp_path):
     good = np.log(np.full(vocab, 1 / vocab, dtype=np.float32))
     bad = good.copy()
     bad[3] = np.nan
+    masked = good.copy()
+    masked[0] = -np.inf  # a ruled-out token is not a bad row
     sink.prompt(0, 0, np.stack([good]))
-    sink.generated(0, 0, good)
-    sink.generated(0, 1, bad)
-    sink.generated(0, 5, good)  # out of order: flagged, not stored
+    sink.generated([(0, 0)], np.stack([masked]))
+    sink.generated([(0, 1)], np.stack([bad]))
+    assert sink.nan_rows == [1] and sink.inf_rows == [0]
+    sink.generated([(0, 5)], np.stack([good]))  # out of order: flagged, not stored
     assert sink.error and "position 5" in sink.error
     manifest = Manifest(
         request=Request(model=ModelRef(id="m"), prompts=((1, 2),), max_tokens=2, logprobs=-1, prompt_logprobs=True,

@@ -214,3 +214,39 @@ def test_aligned_layout_for_batched_rows_reads_back_and_keeps_row_digests(tmp_pa
     for name in ("logprobs", "prompt_logprobs"):
         assert aligned.arrays[name].digest == packed.arrays[name].digest  # logical content only
     assert store.verify().digest == aligned.digest
+
+
+def test_shards_written_directly_are_what_zarr_writes(tmp_path):
+    # The writer encodes whole shards itself (SPEC.md, "Chunking"). zarr must
+    # read them back, padding and never-written chunks included, and writing
+    # the same rows through zarr must give the same shard bytes.
+    import zarr
+    from zarr.storage import LocalStore
+
+    from schemas.store import _row_codecs
+
+    reserve = {GENERATED: [40, 40], PROMPT: [0, 0]}
+    with StoreWriter(tmp_path / "out", vocab_size=V, reserve=reserve, lanes=2) as w:
+        w.append_rows(GENERATED, 0, deterministic_rows(40, 0))  # 2 whole chunks + 1 padded
+        w.append_rows(GENERATED, 1, deterministic_rows(5, 40))  # 1 padded chunk, 2 never written
+        stream = w.streams["logprobs"]
+        w.finish_sequence(0)
+        w.finish_sequence(1)
+        stream._drain()
+        shard_rows = stream.shard_rows
+        root = w.tmp
+        array = zarr.open_array(store=LocalStore(root), path="logprobs", mode="r")
+        expected = np.zeros((2 * shard_rows, V), np.float32)
+        expected[:40] = deterministic_rows(40, 0)
+        expected[shard_rows : shard_rows + 5] = deterministic_rows(5, 40)
+        assert shard_rows == 48
+        np.testing.assert_array_equal(array[:], expected)
+
+        scratch = zarr.open_group(store=LocalStore(tmp_path / "zarr"), mode="w", zarr_format=3)
+        ref = scratch.create_array("logprobs", shape=array.shape, dtype=np.float32, chunks=(16, V),
+                                   shards=(shard_rows, V), fill_value=0, **_row_codecs())
+        ref[:40] = expected[:40]
+        ref[shard_rows : shard_rows + 5] = expected[shard_rows : shard_rows + 5]
+        for shard in ("c/0/0", "c/1/0"):
+            assert (root / "logprobs" / shard).read_bytes() == (tmp_path / "zarr" / "logprobs" / shard).read_bytes()
+        w.abort()
