@@ -24,6 +24,10 @@ MAX_BLOCK_ROWS = 256
 MAX_TOPN_BLOCK_ROWS = 2048
 SNIPPET = 3  # head and tail entries shown for the worst position
 
+# Blocks read and decoded ahead on a helper thread while one is compared:
+# blosc and numpy release the GIL, so on two cores reading and comparing
+# overlap; two blocks ahead absorb the jitter of either side.
+READ_AHEAD = 2
 Progress = Callable[[int, int], None]
 Decode = Callable[[int], str]
 
@@ -58,14 +62,13 @@ def compare_kind(ref: Store, cand: Store, kind: str, pairs: Pairs, eps: float, t
     full = ref.full_vocab and cand.full_vocab
     width = ref.vocab_size if full else max(ref.vocab_size if ref.full_vocab else ref.manifest.request.logprobs, 1)
     cuts = blocks(pairs, block_rows_for(width, full))
-    # The next block is read and decoded on a helper thread while this one is
-    # compared: blosc and numpy both release the GIL, so on two cores reading
-    # and comparing overlap. At most two blocks are held at once.
+    # At most READ_AHEAD + 1 blocks are held at once.
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="parity-diff-read") as pool:
-        pending = pool.submit(_read_block, ref, cand, kind, pairs, *cuts[0]) if cuts else None
+        ahead = [pool.submit(_read_block, ref, cand, kind, pairs, a, b) for a, b in cuts[:READ_AHEAD]]
         for i, (a, b) in enumerate(cuts):
-            x, y, xi, yi = pending.result()
-            pending = pool.submit(_read_block, ref, cand, kind, pairs, *cuts[i + 1]) if i + 1 < len(cuts) else None
+            x, y, xi, yi = ahead.pop(0).result()
+            if i + READ_AHEAD < len(cuts):
+                ahead.append(pool.submit(_read_block, ref, cand, kind, pairs, *cuts[i + READ_AHEAD]))
             if full:
                 got = metrics.full_block(x, y, eps)
             else:

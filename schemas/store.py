@@ -512,6 +512,7 @@ class Store:
         self.manifest = manifest
         self._offsets = np.asarray(group["token_offsets"][:], dtype=np.int64)
         self._block_cache: dict[str, tuple[np.ndarray, list[int]]] = {}
+        self._arrays: dict[str, zarr.Array] = {}
 
     @classmethod
     def open(cls, path: Path | str) -> "Store":
@@ -614,7 +615,10 @@ class Store:
 
     def _read(self, name: str, sl: slice) -> np.ndarray:
         try:
-            return np.asarray(self.group[name][sl])
+            array = self._arrays.get(name)
+            if array is None:  # opening reads and parses the array's metadata
+                array = self._arrays[name] = self.group[name]
+            return np.asarray(array[sl])
         except Exception as e:  # checksum failures and undecodable chunks surface here
             raise StoreCorruptError(f"{self.path}: cannot read {name}: {type(e).__name__}: {e}") from None
 
