@@ -209,11 +209,12 @@ def _full_sub(x: np.ndarray, y: np.ndarray, eps: float, out: dict, sl: slice, sc
     out["top1"][sl] = t == ids_y[:, 0]
     out["overlap5"][sl] = overlap(ids_x, ids_y, 5)
     out["overlap10"][sl] = overlap(ids_x, ids_y, 10)
+    y_t = y[rows, t]
     lx_t = x[rows, t].astype(np.float64)
-    ly_t = y[rows, t].astype(np.float64)
+    ly_t = y_t.astype(np.float64)
     out["ref_conf"][sl] = np.exp(lx_t)
     out["delta_p"][sl] = np.exp(ly_t) - np.exp(lx_t)
-    out["rank"][sl] = np.count_nonzero(np.greater(y, y[rows, t][:, None], out=mask), axis=1) + 1
+    out["rank"][sl] = np.count_nonzero(np.greater(y, y_t[:, None], out=mask), axis=1) + 1
 
     bad = np.flatnonzero(~ok)
     if len(bad):

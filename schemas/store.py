@@ -148,11 +148,11 @@ class _ShardFiles:
     a shard boundary goes through zarr.
     """
 
-    def __init__(self, array, root: Path, dtype: np.dtype):
+    def __init__(self, array, root: Path):
         self.array = array
         self.dir = root / array.path
-        self.dtype = dtype
-        self.blosc = Blosc(cname=ROW_BLOSC["cname"], clevel=ROW_BLOSC["clevel"], shuffle=Blosc.SHUFFLE)
+        shuffle = {"noshuffle": Blosc.NOSHUFFLE, "shuffle": Blosc.SHUFFLE, "bitshuffle": Blosc.BITSHUFFLE}
+        self.blosc = Blosc(cname=ROW_BLOSC["cname"], clevel=ROW_BLOSC["clevel"], shuffle=shuffle[ROW_BLOSC["shuffle"]])
 
     def write(self, first: int, block: np.ndarray, shard_rows: int) -> None:
         if first % shard_rows or block.shape[0] > shard_rows or block.dtype.byteorder == ">":
@@ -217,7 +217,7 @@ class _RowStream:
             config={"write_empty_chunks": True},
             **_row_codecs(),
         )
-        self.files = _ShardFiles(self.array, Path(group.store.root), self.dtype)
+        self.files = _ShardFiles(self.array, Path(group.store.root))
         self.hashers = _BlockHashers(self.dtype)
         self.counts: dict[int, int] = {}
         self.pending: list[Future] = []
