@@ -10,6 +10,8 @@ from typing import Callable
 
 import numpy as np
 
+from parity.errors import UsageError
+from parity.settings import settings
 from schemas.store import GENERATED, PROMPT, Store
 
 from . import metrics
@@ -53,7 +55,8 @@ def _read_block(ref: Store, cand: Store, kind: str, pairs: Pairs, a: int, b: int
     )
 
 
-def compare_kind(ref: Store, cand: Store, kind: str, pairs: Pairs, eps: float, tick: Callable[[int], None]) -> dict[str, np.ndarray]:
+def compare_kind(ref: Store, cand: Store, kind: str, pairs: Pairs, eps: float, tick: Callable[[int], None],
+                 kernel: str | None = None) -> dict[str, np.ndarray]:
     """Per-position metrics for every pair of one row kind."""
     n = len(pairs)
     out = metrics.empty(n)
@@ -70,7 +73,7 @@ def compare_kind(ref: Store, cand: Store, kind: str, pairs: Pairs, eps: float, t
             if i + READ_AHEAD < len(cuts):
                 ahead.append(pool.submit(_read_block, ref, cand, kind, pairs, *cuts[i + READ_AHEAD]))
             if full:
-                got = metrics.full_block(x, y, eps)
+                got = metrics.full_block(x, y, eps, kernel)
             else:
                 got = metrics.topn_block(metrics.Side(x, xi), metrics.Side(y, yi), eps)
             del x, y, xi, yi
@@ -197,9 +200,20 @@ def diff(
     worst: int = 10,
     decode: Decode | None = None,
     progress: Progress | None = None,
+    kernel: str | None = None,
 ) -> Report:
-    """Compares two stores position by position; see the package docstring."""
+    """Compares two stores position by position; see the package docstring.
+
+    ``kernel``: "fused" (C) or "numpy" for full-vocabulary rows; default from
+    PARITY_DIFF_KERNEL, else the C kernel when it was built.
+    """
     t0 = time.perf_counter()
+    kernel = kernel or settings().diff_kernel or metrics.DEFAULT_KERNEL
+    if kernel not in metrics.KERNELS:
+        raise UsageError(f"unknown diff kernel {kernel!r} (PARITY_DIFF_KERNEL): expected one of {', '.join(metrics.KERNELS)}")
+    if kernel == "fused" and metrics._kernel is None:
+        raise UsageError("the C diff kernel was not built (no C compiler at install time): "
+                         "install gcc and rerun `make install`, or set PARITY_DIFF_KERNEL=numpy")
     ref, cand = _open(reference), _open(candidate)
     for store in (ref, cand):
         # A missing file would read back as zeros and give plausible metrics.
@@ -216,12 +230,12 @@ def diff(
         if progress is not None:
             progress(done, total)
 
-    log.info("diff: %s vs %s, %d row pairs (%s)", ref.path, cand.path, total,
-             "forced trajectory" if plan.forced else "free-running")
+    log.info("diff: %s vs %s, %d row pairs (%s), %s kernel", ref.path, cand.path, total,
+             "forced trajectory" if plan.forced else "free-running", kernel)
     if progress is not None:
         progress(0, total)
     positions = {
-        kind: compare_kind(ref, cand, kind, plan.pairs[kind], eps, tick) for kind in KINDS
+        kind: compare_kind(ref, cand, kind, plan.pairs[kind], eps, tick, kernel) for kind in KINDS
     }
     gen, pr = positions[GENERATED], positions[PROMPT]
     for kind in KINDS:

@@ -4,6 +4,11 @@ Every kernel takes a block of reference rows and the matching candidate rows
 and returns one value per row for each field of ``FIELDS``. Sums are taken in
 float64. Non-finite entries never raise: NaN and +/-inf are counted, and the
 statistics that are defined over finite entries use a masked path.
+
+Full-vocabulary rows go through the C kernel (``_kernel.c``, one fused pass
+per row pair, GIL released) when it was built, and through numpy otherwise;
+both give the same numbers to within float rounding, and tests hold both to
+independent computations.
 """
 
 from __future__ import annotations
@@ -11,6 +16,14 @@ from __future__ import annotations
 import threading
 
 import numpy as np
+
+try:
+    from . import _kernel
+except ImportError:  # built without a C compiler: numpy does the same work, slower
+    _kernel = None
+
+KERNELS = ("fused", "numpy")
+DEFAULT_KERNEL = "fused" if _kernel is not None else "numpy"
 
 # name -> dtype of the per-position arrays every kernel fills.
 FIELDS: dict[str, type] = {
@@ -153,8 +166,83 @@ def _scratch(rows: int, width: int) -> Scratch:
     return sc.get(rows, width)
 
 
-def full_block(x: np.ndarray, y: np.ndarray, eps: float) -> dict[str, np.ndarray]:
-    """Metrics for full-vocabulary rows: x (reference) and y (candidate) are (R, V) log-probs."""
+def full_block(x: np.ndarray, y: np.ndarray, eps: float, kernel: str | None = None) -> dict[str, np.ndarray]:
+    """Metrics for full-vocabulary rows: x (reference) and y (candidate) are (R, V) log-probs.
+
+    ``kernel`` picks "fused" (the C kernel) or "numpy"; default: the C
+    kernel when it was built.
+    """
+    kernel = kernel or DEFAULT_KERNEL
+    if kernel == "fused":
+        if _kernel is None:
+            raise RuntimeError("the C kernel of parity diff was not built (no C compiler at install time)")
+        return _full_fused(x, y, eps)
+    if kernel != "numpy":
+        raise ValueError(f"unknown diff kernel {kernel!r}; expected one of {', '.join(KERNELS)}")
+    return _full_numpy(x, y, eps)
+
+
+def _full_fused(x: np.ndarray, y: np.ndarray, eps: float) -> dict[str, np.ndarray]:
+    x = np.ascontiguousarray(x, np.float32)
+    y = np.ascontiguousarray(y, np.float32)
+    r, v = x.shape
+    K = _kernel
+    f = np.empty((r, K.NF))
+    o = np.empty((r, K.NI), np.int64)
+    K.full_rows(x, y, float(eps), f, o)
+    out = empty(r)
+    k = min(TOPK, v)
+    ids_x, ids_y = o[:, K.I_IDS_X : K.I_IDS_X + k], o[:, K.I_IDS_Y : K.I_IDS_Y + k]
+    n = o[:, K.I_FINITE]
+    safe_n = np.maximum(n, 1)
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        out["kl"][:] = f[:, K.F_KL]
+        out["max_abs"][:] = np.where(n > 0, f[:, K.F_MAXABS], np.nan)
+        out["mean_abs"][:] = np.where(n > 0, f[:, K.F_SUMABS] / safe_n, np.nan)
+        out["pearson"][:] = _pearson(f[:, K.F_SX], f[:, K.F_SD], f[:, K.F_SXX], f[:, K.F_SDD], f[:, K.F_SXD], n)
+    out["outliers"][:] = o[:, K.I_OUTLIERS]
+    out["finite"][:] = n
+    out["neginf_ref"][:] = o[:, K.I_NEGINF_X]
+    out["neginf_cand"][:] = o[:, K.I_NEGINF_Y]
+    out["rank"][:] = o[:, K.I_RANK]
+    _tops(out, slice(0, r), x, y, ids_x, ids_y)
+    bad = np.flatnonzero(o[:, K.I_EXACT] == 0)
+    if len(bad):  # NaN or +inf somewhere in the row: the numpy path
+        for key, val in _full_numpy(x[bad], y[bad], eps).items():
+            out[key][bad] = val
+    return out
+
+
+def _pearson(sx, sd, sxx, sdd, sxd, n) -> np.ndarray:
+    """Pearson of x and y = x - d from raw float64 sums over n entries: var_y
+    and cov_xy follow from var_x, var_d and cov_xd without another pass."""
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        var_x = sxx - sx * sx / n
+        var_d = sdd - sd * sd / n
+        cov_xd = sxd - sx * sd / n
+        cov_xy = var_x - cov_xd
+        var_y = var_x - 2 * cov_xd + var_d
+        ok = (n > 1) & (var_x > 0) & (var_y > 0)
+        return np.minimum(np.where(ok, cov_xy / np.sqrt(np.maximum(var_x * var_y, 0)), np.nan), 1.0)
+
+
+def _tops(out: dict, sl: slice, x: np.ndarray, y: np.ndarray, ids_x: np.ndarray, ids_y: np.ndarray) -> None:
+    """Fields that follow from the top-k ids of both rows."""
+    t = ids_x[:, 0]
+    rows = np.arange(len(t))
+    out["ref_top"][sl] = t
+    out["cand_top"][sl] = ids_y[:, 0]
+    out["top1"][sl] = t == ids_y[:, 0]
+    out["overlap5"][sl] = overlap(ids_x, ids_y, 5)
+    out["overlap10"][sl] = overlap(ids_x, ids_y, 10)
+    lx_t = x[rows, t].astype(np.float64)
+    ly_t = y[rows, t].astype(np.float64)
+    with np.errstate(over="ignore"):
+        out["ref_conf"][sl] = np.exp(lx_t)
+        out["delta_p"][sl] = np.exp(ly_t) - np.exp(lx_t)
+
+
+def _full_numpy(x: np.ndarray, y: np.ndarray, eps: float) -> dict[str, np.ndarray]:
     r, v = x.shape
     out = empty(r)
     step = max(1, SUB_ELEMENTS // max(v, 1))
@@ -185,35 +273,17 @@ def _full_sub(x: np.ndarray, y: np.ndarray, eps: float, out: dict, sl: slice, sc
         sum_abs = ad.sum(axis=1)
         outliers = np.count_nonzero(np.greater_equal(ad, eps, out=mask), axis=1)
     ok = np.isfinite(kl) & np.isfinite(sum_abs) & np.isfinite(sx)
-    # Pearson from raw float64 sums with y = x - d: var_y and cov_xy follow
-    # from var_x, var_d and cov_xd without another pass over the rows.
-    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-        var_x = sxx - sx * sx / v
-        var_d = sdd - sd * sd / v
-        cov_xd = sxd - sx * sd / v
-        cov_xy = var_x - cov_xd
-        var_y = var_x - 2 * cov_xd + var_d
-        pearson = np.where((var_x > 0) & (var_y > 0), cov_xy / np.sqrt(np.maximum(var_x * var_y, 0)), np.nan)
     out["kl"][sl] = kl
     out["max_abs"][sl] = max_abs
     out["mean_abs"][sl] = sum_abs / v
-    out["pearson"][sl] = np.minimum(pearson, 1.0)
+    out["pearson"][sl] = _pearson(sx, sd, sxx, sdd, sxd, np.full(n, v))
     out["outliers"][sl] = outliers
     out["finite"][sl] = v
 
     ids_x, _ = topk(x, TOPK)
     ids_y, _ = topk(y, TOPK)
-    t = ids_x[:, 0]
-    out["ref_top"][sl] = t
-    out["cand_top"][sl] = ids_y[:, 0]
-    out["top1"][sl] = t == ids_y[:, 0]
-    out["overlap5"][sl] = overlap(ids_x, ids_y, 5)
-    out["overlap10"][sl] = overlap(ids_x, ids_y, 10)
-    y_t = y[rows, t]
-    lx_t = x[rows, t].astype(np.float64)
-    ly_t = y_t.astype(np.float64)
-    out["ref_conf"][sl] = np.exp(lx_t)
-    out["delta_p"][sl] = np.exp(ly_t) - np.exp(lx_t)
+    _tops(out, sl, x, y, ids_x, ids_y)
+    y_t = y[rows, ids_x[:, 0]]
     out["rank"][sl] = np.count_nonzero(np.greater(y, y_t[:, None], out=mask), axis=1) + 1
 
     bad = np.flatnonzero(~ok)

@@ -17,6 +17,9 @@ class Settings:
     cache_dir: Path
     no_progress: bool
     hf_offline: bool
+    # "fused" or "numpy": forces the diff's full-vocabulary kernel (checking
+    # a suspected kernel bug, benchmarks); empty means the fastest built one.
+    diff_kernel: str = ""
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> "Settings":
@@ -31,6 +34,7 @@ class Settings:
             cache_dir=cache.expanduser(),
             no_progress=_flag(env.get("PARITY_NO_PROGRESS")) or _flag(env.get("CI")),
             hf_offline=_flag(env.get("HF_HUB_OFFLINE")),
+            diff_kernel=(env.get("PARITY_DIFF_KERNEL") or "").strip().lower(),
         )
 
 

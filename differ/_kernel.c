@@ -1,0 +1,432 @@
+/*
+ * Fused full-vocabulary row metrics for `parity diff`.
+ *
+ * The numpy kernel in metrics.py makes about twenty passes over every pair of
+ * rows (float64 copies, exp, three dot products, abs, max, top-k...), which
+ * made comparing cost more than reading. This extension makes three passes
+ * per row pair while the row is still in cache, with float64 accumulators
+ * throughout, and releases the GIL for a whole block so the reader thread
+ * keeps the other core busy.
+ *
+ * -inf entries (masked tokens) are handled here with the numpy path's
+ * semantics: statistics over the entries finite on both sides, 0 log 0 = 0,
+ * and KL = +inf when the reference gives mass to a token the candidate rules
+ * out. A row holding NaN or +inf, or a reference entry above EXP_HI, is
+ * reported as not exact (I_EXACT = 0) and the caller recomputes it on the
+ * numpy path.
+ *
+ * Per row it returns raw float64 sums; the caller derives Pearson and the
+ * means from them with the same formulas as the numpy kernel.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#define TOPK 10
+#define CHUNK 64
+/* Above this, exp overflows float32 (the stored logprobs are <= 0, so such a
+ * row is garbage anyway: the numpy path deals with it). */
+#define EXP_HI 88.0f
+/* exp of anything below is under 1.2e-38 and counts as zero probability. */
+#define EXP_LO -87.0f
+
+enum { F_KL, F_SX, F_SD, F_SXX, F_SDD, F_SXD, F_MAXABS, F_SUMABS, NF };
+enum { I_OUTLIERS, I_RANK, I_EXACT, I_FINITE, I_NEGINF_X, I_NEGINF_Y, I_IDS_X, I_IDS_Y = I_IDS_X + TOPK, NI = I_IDS_Y + TOPK };
+
+/* GCC vector extensions: the same code becomes AVX2 in the avx2 clone and
+ * pairs of SSE2 operations in the default one, with identical results (no FMA
+ * contraction, fixed lane order), so a diff does not depend on the host. */
+typedef float v8f __attribute__((vector_size(32)));
+typedef int32_t v8i __attribute__((vector_size(32)));
+typedef float v4f __attribute__((vector_size(16)));
+typedef double v4d __attribute__((vector_size(32)));
+typedef int64_t v4l __attribute__((vector_size(32)));
+
+#define INLINE static inline __attribute__((always_inline))
+
+INLINE v8f sel8(v8i m, v8f a, v8f b) { return (v8f)(((v8i)a & m) | ((v8i)b & ~m)); }
+INLINE v4d sel4(v4l m, v4d a, v4d b) { return (v4d)(((v4l)a & m) | ((v4l)b & ~m)); }
+
+/* exp for float32 lanes: Cody-Waite reduction and the classic minimax
+ * polynomial on [-ln2/2, ln2/2], relative error ~1e-7 (the rounding of the
+ * stored float32 logprobs is of the same order). Lanes below EXP_LO, -inf and
+ * NaN give 0; a row with NaN never reaches the caller's results anyway. */
+INLINE v8f exp8(v8f x)
+{
+    v8i above_lo = x > EXP_LO; /* false for NaN */
+    v8f xc = sel8(above_lo, sel8(x < EXP_HI, x, (v8f){} + EXP_HI), (v8f){} + EXP_LO);
+    v8f t = xc * 1.44269504088896341f;
+    v8i ni = __builtin_convertvector(t + sel8(t < 0.0f, (v8f){} - 0.5f, (v8f){} + 0.5f), v8i);
+    v8f n = __builtin_convertvector(ni, v8f);
+    v8f r = xc - n * 0.693359375f;
+    r = r - n * -2.12194440e-4f;
+    v8f r2 = r * r;
+    v8f p = (v8f){} + 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r2 + r + 1.0f;
+    v8f e = p * (v8f)((ni + 127) << 23);
+    return (v8f)((v8i)e & above_lo);
+}
+
+typedef struct {
+    double kl, sx, sd, sxx, sdd, sxd, maxabs, sumabs;
+    int64_t outliers, finite, neginf_x, neginf_y, ruled_out;
+} Sums;
+
+INLINE double hsum(v4d v) { return (v[0] + v[1]) + (v[2] + v[3]); }
+INLINE int64_t hsuml(v4l v) { return (v[0] + v[1]) + (v[2] + v[3]); }
+INLINE double hmax(v4d v)
+{
+    double a = v[0] > v[1] ? v[0] : v[1], b = v[2] > v[3] ? v[2] : v[3];
+    return a > b ? a : b;
+}
+INLINE v4d lo4(v8f v) { return __builtin_convertvector(__builtin_shufflevector(v, v, 0, 1, 2, 3), v4d); }
+INLINE v4d hi4(v8f v) { return __builtin_convertvector(__builtin_shufflevector(v, v, 4, 5, 6, 7), v4d); }
+
+/* Tails shorter than 8 are padded with PAD on both sides and the padding's
+ * contribution taken back (only the counts see it: x = y gives d = 0). */
+INLINE void load_tail(float *xt, float *yt, const float *x, const float *y, Py_ssize_t rest, float pad)
+{
+    for (int i = 0; i < 8; i++)
+        xt[i] = yt[i] = pad;
+    memcpy(xt, x, rest * sizeof(float));
+    memcpy(yt, y, rest * sizeof(float));
+}
+
+/* The common case: every entry of both rows finite. No masks; if a NaN or an
+ * infinity is there after all, sx or sd comes out non-finite and the caller
+ * runs the masked loop instead. */
+typedef struct {
+    v4d kl, sx, sd, sxx, sdd, sxd, maxabs, sumabs;
+    v4l outliers;
+} FastAcc;
+
+INLINE void fast4(FastAcc *a, v4d x, v4d y, v4d p, double eps)
+{
+    v4d d = x - y;
+    v4d ad = (v4d)((v4l)d & 0x7fffffffffffffffLL);
+    a->kl += p * d;
+    a->sx += x;
+    a->sd += d;
+    a->sxx += x * x;
+    a->sdd += d * d;
+    a->sxd += x * d;
+    a->sumabs += ad;
+    a->maxabs = sel4(ad > a->maxabs, ad, a->maxabs);
+    a->outliers -= ad >= eps;
+}
+
+INLINE void fast8(FastAcc *a, const float *x, const float *y, double eps)
+{
+    v8f xv, yv;
+    memcpy(&xv, x, sizeof xv);
+    memcpy(&yv, y, sizeof yv);
+    v8f pv = exp8(xv);
+    fast4(a, lo4(xv), lo4(yv), lo4(pv), eps);
+    fast4(a, hi4(xv), hi4(yv), hi4(pv), eps);
+}
+
+INLINE int row_sums_finite(const float *x, const float *y, Py_ssize_t v, double eps, Sums *out)
+{
+    FastAcc a;
+    memset(&a, 0, sizeof a);
+    Py_ssize_t j = 0;
+    for (; j + 8 <= v; j += 8)
+        fast8(&a, x + j, y + j, eps);
+    if (j < v) {
+        float xt[8], yt[8];
+        load_tail(xt, yt, x + j, y + j, v - j, 0.0f);
+        fast8(&a, xt, yt, eps);
+    }
+    out->kl = hsum(a.kl);
+    out->sx = hsum(a.sx);
+    out->sd = hsum(a.sd);
+    out->sxx = hsum(a.sxx);
+    out->sdd = hsum(a.sdd);
+    out->sxd = hsum(a.sxd);
+    out->sumabs = hsum(a.sumabs);
+    out->maxabs = hmax(a.maxabs);
+    /* padding has x = y = 0: d = 0 < eps unless eps <= 0 */
+    out->outliers = hsuml(a.outliers) - (eps <= 0 && j < v ? 8 - (v - j) : 0);
+    out->finite = v;
+    out->neginf_x = out->neginf_y = out->ruled_out = 0;
+    /* the padding's exp(0) = 1 multiplies d = 0: no effect on kl */
+    return isfinite(out->sx) && isfinite(out->sd);
+}
+
+/* Rows with -inf entries (masked tokens): statistics over the entries finite
+ * on both sides. Returns 0 if a NaN or +inf is present. */
+typedef struct {
+    v4d kl, sx, sd, sxx, sdd, sxd, maxabs, sumabs;
+    v4l outliers, finite, neginf_x, neginf_y, ruled_out, bad;
+} MaskAcc;
+
+INLINE void masked4(MaskAcc *a, v4d x, v4d y, v4d p, double eps)
+{
+    const v4d ninf = (v4d){} - INFINITY, pinf = (v4d){} + INFINITY;
+    v4l okx = x > ninf, oky = y > ninf; /* false for NaN as well */
+    v4l both = okx & oky;
+    a->bad -= ~(x < pinf) | ~(y < pinf); /* NaN or +inf */
+    a->neginf_x -= x == ninf;
+    a->neginf_y -= y == ninf;
+    a->ruled_out -= okx & (y == ninf);
+    a->finite -= both;
+    v4d xm = sel4(both, x, (v4d){});
+    /* off the mask d is 0 and exp(-inf) is 0: 0 log 0 = 0 */
+    v4d d = sel4(both, x - y, (v4d){});
+    v4d ad = (v4d)((v4l)d & 0x7fffffffffffffffLL);
+    a->kl += p * d;
+    a->sx += xm;
+    a->sd += d;
+    a->sxx += xm * xm;
+    a->sdd += d * d;
+    a->sxd += xm * d;
+    a->sumabs += ad;
+    a->maxabs = sel4(ad > a->maxabs, ad, a->maxabs);
+    a->outliers -= both & (ad >= eps);
+}
+
+INLINE void masked8(MaskAcc *a, const float *x, const float *y, double eps)
+{
+    v8f xv, yv;
+    memcpy(&xv, x, sizeof xv);
+    memcpy(&yv, y, sizeof yv);
+    v8f pv = exp8(xv);
+    masked4(a, lo4(xv), lo4(yv), lo4(pv), eps);
+    masked4(a, hi4(xv), hi4(yv), hi4(pv), eps);
+}
+
+INLINE int row_sums_masked(const float *x, const float *y, Py_ssize_t v, double eps, Sums *out)
+{
+    MaskAcc a;
+    memset(&a, 0, sizeof a);
+    Py_ssize_t j = 0, pad = 0;
+    for (; j + 8 <= v; j += 8)
+        masked8(&a, x + j, y + j, eps);
+    if (j < v) {
+        float xt[8], yt[8];
+        pad = 8 - (v - j);
+        load_tail(xt, yt, x + j, y + j, v - j, -INFINITY);
+        masked8(&a, xt, yt, eps);
+    }
+    out->kl = hsum(a.kl);
+    out->sx = hsum(a.sx);
+    out->sd = hsum(a.sd);
+    out->sxx = hsum(a.sxx);
+    out->sdd = hsum(a.sdd);
+    out->sxd = hsum(a.sxd);
+    out->sumabs = hsum(a.sumabs);
+    out->maxabs = hmax(a.maxabs);
+    out->outliers = hsuml(a.outliers);
+    out->finite = hsuml(a.finite);
+    out->neginf_x = hsuml(a.neginf_x) - pad;
+    out->neginf_y = hsuml(a.neginf_y) - pad;
+    out->ruled_out = hsuml(a.ruled_out);
+    return hsuml(a.bad) == 0;
+}
+
+/* Largest entry of v[0..64): 8 vectors, then across lanes. */
+INLINE float chunk_max(const float *v)
+{
+    v8f m;
+    memcpy(&m, v, sizeof m);
+    for (int i = 8; i < CHUNK; i += 8) {
+        v8f e;
+        memcpy(&e, v + i, sizeof e);
+        m = sel8(e > m, e, m);
+    }
+    float r = m[0];
+    for (int i = 1; i < 8; i++)
+        r = m[i] > r ? m[i] : r;
+    return r;
+}
+
+INLINE int64_t count_greater(const float *v, Py_ssize_t n, float t)
+{
+    v8i c = {0};
+    Py_ssize_t j = 0;
+    for (; j + 8 <= n; j += 8) {
+        v8f e;
+        memcpy(&e, v + j, sizeof e);
+        c -= e > t;
+    }
+    int64_t total = 0;
+    for (int i = 0; i < 8; i++)
+        total += c[i];
+    for (; j < n; j++)
+        total += v[j] > t;
+    return total;
+}
+
+/* The k largest entries, descending; ties keep the lower index first (a
+ * stable sort of the negated row). Chunks whose maximum cannot enter the list
+ * are skipped after one vectorised max, so this costs little more than one
+ * read of the row. */
+INLINE void row_topk(const float *v, Py_ssize_t n, int k, float *vals, int64_t *ids)
+{
+    int count = 0;
+    for (Py_ssize_t a = 0; a < n; a += CHUNK) {
+        Py_ssize_t b = a + CHUNK < n ? a + CHUNK : n;
+        if (count == k && b - a == CHUNK && !(chunk_max(v + a) > vals[k - 1]))
+            continue;
+        for (Py_ssize_t j = a; j < b; j++) {
+            float e = v[j];
+            int pos;
+            if (count < k)
+                pos = count++;
+            else if (e > vals[k - 1])
+                pos = k - 1;
+            else
+                continue;
+            while (pos > 0 && vals[pos - 1] < e) {
+                vals[pos] = vals[pos - 1];
+                ids[pos] = ids[pos - 1];
+                pos--;
+            }
+            vals[pos] = e;
+            ids[pos] = j;
+        }
+    }
+}
+
+/* Everything above is inlined here, once per target: AVX2 where the CPU has
+ * it (chosen at load time), SSE2 otherwise. */
+__attribute__((target_clones("avx2", "default")))
+static void block(const float *x, const float *y, Py_ssize_t rows, Py_ssize_t v, double eps,
+                  double *fo, int64_t *io)
+{
+    int k = v < TOPK ? (int)v : TOPK;
+    for (Py_ssize_t i = 0; i < rows; i++) {
+        const float *xr = x + i * v, *yr = y + i * v;
+        double *f = fo + i * NF;
+        int64_t *o = io + i * NI;
+        float vx[TOPK] = {0}, vy[TOPK] = {0};
+        Sums s = {0};
+        int exact = v > 0 && (row_sums_finite(xr, yr, v, eps, &s) || row_sums_masked(xr, yr, v, eps, &s));
+        f[F_KL] = s.ruled_out ? INFINITY : s.kl;
+        f[F_SX] = s.sx;
+        f[F_SD] = s.sd;
+        f[F_SXX] = s.sxx;
+        f[F_SDD] = s.sdd;
+        f[F_SXD] = s.sxd;
+        f[F_MAXABS] = s.maxabs;
+        f[F_SUMABS] = s.sumabs;
+        o[I_OUTLIERS] = s.outliers;
+        o[I_FINITE] = s.finite;
+        o[I_NEGINF_X] = s.neginf_x;
+        o[I_NEGINF_Y] = s.neginf_y;
+        o[I_RANK] = 0;
+        for (int j = 0; j < TOPK; j++)
+            o[I_IDS_X + j] = o[I_IDS_Y + j] = -1;
+        o[I_EXACT] = exact;
+        if (!exact)
+            continue;
+        row_topk(xr, v, k, vx, o + I_IDS_X);
+        row_topk(yr, v, k, vy, o + I_IDS_Y);
+        if (vx[0] > EXP_HI) {
+            o[I_EXACT] = 0;
+            continue;
+        }
+        o[I_RANK] = count_greater(yr, v, yr[o[I_IDS_X]]) + 1;
+    }
+}
+
+static int get_buffer(PyObject *obj, Py_buffer *view, const char *name, char fmt, Py_ssize_t itemsize,
+                      int writable)
+{
+    int flags = PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (writable ? PyBUF_WRITABLE : 0);
+    if (PyObject_GetBuffer(obj, view, flags) < 0)
+        return -1;
+    const char *f = view->format ? view->format : "B";
+    if (*f == '<' || *f == '=' || *f == '@')
+        f++;
+    int ok = view->ndim == 2 && view->itemsize == itemsize &&
+             (f[0] == fmt || (fmt == 'q' && (f[0] == 'l' && itemsize == sizeof(long)))) && f[1] == 0;
+    if (!ok) {
+        PyErr_Format(PyExc_TypeError, "%s: expected a C-contiguous 2-D array of '%c' (itemsize %zd)", name,
+                     fmt, itemsize);
+        PyBuffer_Release(view);
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *full_rows(PyObject *Py_UNUSED(self), PyObject *args)
+{
+    PyObject *xo, *yo, *fo, *io;
+    double eps;
+    if (!PyArg_ParseTuple(args, "OOdOO", &xo, &yo, &eps, &fo, &io))
+        return NULL;
+    Py_buffer x, y, f, o;
+    if (get_buffer(xo, &x, "x", 'f', 4, 0) < 0)
+        return NULL;
+    if (get_buffer(yo, &y, "y", 'f', 4, 0) < 0)
+        goto fail_x;
+    if (get_buffer(fo, &f, "floats", 'd', 8, 1) < 0)
+        goto fail_y;
+    if (get_buffer(io, &o, "ints", 'q', 8, 1) < 0)
+        goto fail_f;
+    Py_ssize_t rows = x.shape[0], v = x.shape[1];
+    if (y.shape[0] != rows || y.shape[1] != v || f.shape[0] != rows || f.shape[1] != NF ||
+        o.shape[0] != rows || o.shape[1] != NI) {
+        PyErr_SetString(PyExc_ValueError, "full_rows: shapes do not match");
+        goto fail_o;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    block((const float *)x.buf, (const float *)y.buf, rows, v, eps, (double *)f.buf, (int64_t *)o.buf);
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&o);
+    PyBuffer_Release(&f);
+    PyBuffer_Release(&y);
+    PyBuffer_Release(&x);
+    Py_RETURN_NONE;
+fail_o:
+    PyBuffer_Release(&o);
+fail_f:
+    PyBuffer_Release(&f);
+fail_y:
+    PyBuffer_Release(&y);
+fail_x:
+    PyBuffer_Release(&x);
+    return NULL;
+}
+
+static PyMethodDef methods[] = {
+    {"full_rows", full_rows, METH_VARARGS,
+     "full_rows(x, y, eps, floats, ints): fused metrics of float32 rows x (reference) and y "
+     "(candidate) into floats (rows, NF) float64 and ints (rows, NI) int64."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "differ._kernel", NULL, -1, methods, NULL, NULL, NULL, NULL};
+
+PyMODINIT_FUNC PyInit__kernel(void)
+{
+    PyObject *m = PyModule_Create(&module);
+    if (m == NULL)
+        return NULL;
+    if (PyModule_AddIntConstant(m, "TOPK", TOPK) < 0 || PyModule_AddIntConstant(m, "NF", NF) < 0 ||
+        PyModule_AddIntConstant(m, "NI", NI) < 0 || PyModule_AddIntConstant(m, "F_KL", F_KL) < 0 ||
+        PyModule_AddIntConstant(m, "F_SX", F_SX) < 0 || PyModule_AddIntConstant(m, "F_SD", F_SD) < 0 ||
+        PyModule_AddIntConstant(m, "F_SXX", F_SXX) < 0 || PyModule_AddIntConstant(m, "F_SDD", F_SDD) < 0 ||
+        PyModule_AddIntConstant(m, "F_SXD", F_SXD) < 0 ||
+        PyModule_AddIntConstant(m, "F_MAXABS", F_MAXABS) < 0 ||
+        PyModule_AddIntConstant(m, "F_SUMABS", F_SUMABS) < 0 ||
+        PyModule_AddIntConstant(m, "I_OUTLIERS", I_OUTLIERS) < 0 ||
+        PyModule_AddIntConstant(m, "I_RANK", I_RANK) < 0 || PyModule_AddIntConstant(m, "I_EXACT", I_EXACT) < 0 ||
+        PyModule_AddIntConstant(m, "I_FINITE", I_FINITE) < 0 ||
+        PyModule_AddIntConstant(m, "I_NEGINF_X", I_NEGINF_X) < 0 ||
+        PyModule_AddIntConstant(m, "I_NEGINF_Y", I_NEGINF_Y) < 0 ||
+        PyModule_AddIntConstant(m, "I_IDS_X", I_IDS_X) < 0 || PyModule_AddIntConstant(m, "I_IDS_Y", I_IDS_Y) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}
