@@ -100,17 +100,36 @@ INLINE void load_tail(float *xt, float *yt, const float *x, const float *y, Py_s
     memcpy(yt, y, rest * sizeof(float));
 }
 
-/* The common case: every entry of both rows finite. No masks; if a NaN or an
- * infinity is there after all, sx or sd comes out non-finite and the caller
- * runs the masked loop instead. */
+/* Sums over one row pair, four float64 lanes each; counters subtract
+ * comparison masks (-1 where true). */
 typedef struct {
     v4d kl, sx, sd, sxx, sdd, sxd, maxabs, sumabs;
-    v4l outliers;
-} FastAcc;
+    v4l outliers, finite, neginf_x, neginf_y, ruled_out, bad;
+} Acc;
 
-INLINE void fast4(FastAcc *a, v4d x, v4d y, v4d p, double eps)
+/* `masked` is a constant after inlining, so each loop is compiled twice:
+ *  0: the common case, every entry of both rows finite; no masks at all. If a
+ *     NaN or an infinity is there after all, sx or sd comes out non-finite
+ *     and the caller runs the masked loop instead.
+ *  1: rows with -inf entries (masked tokens): statistics over the entries
+ *     finite on both sides; NaN and +inf are counted as bad. */
+INLINE void step4(Acc *a, v4d x, v4d y, v4d p, double eps, int masked)
 {
+    v4l counted = ~(v4l){};
     v4d d = x - y;
+    if (masked) {
+        const v4d ninf = (v4d){} - INFINITY, pinf = (v4d){} + INFINITY;
+        v4l okx = x > ninf, oky = y > ninf; /* false for NaN as well */
+        counted = okx & oky;
+        a->bad -= ~(x < pinf) | ~(y < pinf);
+        a->neginf_x -= x == ninf;
+        a->neginf_y -= y == ninf;
+        a->ruled_out -= okx & (y == ninf);
+        a->finite -= counted;
+        /* off the mask d is 0 and exp(-inf) is 0: 0 log 0 = 0 */
+        x = sel4(counted, x, (v4d){});
+        d = sel4(counted, d, (v4d){});
+    }
     v4d ad = (v4d)((v4l)d & 0x7fffffffffffffffLL);
     a->kl += p * d;
     a->sx += x;
@@ -120,101 +139,35 @@ INLINE void fast4(FastAcc *a, v4d x, v4d y, v4d p, double eps)
     a->sxd += x * d;
     a->sumabs += ad;
     a->maxabs = sel4(ad > a->maxabs, ad, a->maxabs);
-    a->outliers -= ad >= eps;
+    a->outliers -= counted & (ad >= eps);
 }
 
-INLINE void fast8(FastAcc *a, const float *x, const float *y, double eps)
+INLINE void step8(Acc *a, const float *x, const float *y, double eps, int masked)
 {
     v8f xv, yv;
     memcpy(&xv, x, sizeof xv);
     memcpy(&yv, y, sizeof yv);
     v8f pv = exp8(xv);
-    fast4(a, lo4(xv), lo4(yv), lo4(pv), eps);
-    fast4(a, hi4(xv), hi4(yv), hi4(pv), eps);
+    step4(a, lo4(xv), lo4(yv), lo4(pv), eps, masked);
+    step4(a, hi4(xv), hi4(yv), hi4(pv), eps, masked);
 }
 
-INLINE int row_sums_finite(const float *x, const float *y, Py_ssize_t v, double eps, Sums *out)
+/* Returns 0 when the row needs the other loop (masked = 0) or the numpy path
+ * (masked = 1). */
+INLINE int row_sums(const float *x, const float *y, Py_ssize_t v, double eps, Sums *out, int masked)
 {
-    FastAcc a;
-    memset(&a, 0, sizeof a);
-    Py_ssize_t j = 0;
-    for (; j + 8 <= v; j += 8)
-        fast8(&a, x + j, y + j, eps);
-    if (j < v) {
-        float xt[8], yt[8];
-        load_tail(xt, yt, x + j, y + j, v - j, 0.0f);
-        fast8(&a, xt, yt, eps);
-    }
-    out->kl = hsum(a.kl);
-    out->sx = hsum(a.sx);
-    out->sd = hsum(a.sd);
-    out->sxx = hsum(a.sxx);
-    out->sdd = hsum(a.sdd);
-    out->sxd = hsum(a.sxd);
-    out->sumabs = hsum(a.sumabs);
-    out->maxabs = hmax(a.maxabs);
-    /* padding has x = y = 0: d = 0 < eps unless eps <= 0 */
-    out->outliers = hsuml(a.outliers) - (eps <= 0 && j < v ? 8 - (v - j) : 0);
-    out->finite = v;
-    out->neginf_x = out->neginf_y = out->ruled_out = 0;
-    /* the padding's exp(0) = 1 multiplies d = 0: no effect on kl */
-    return isfinite(out->sx) && isfinite(out->sd);
-}
-
-/* Rows with -inf entries (masked tokens): statistics over the entries finite
- * on both sides. Returns 0 if a NaN or +inf is present. */
-typedef struct {
-    v4d kl, sx, sd, sxx, sdd, sxd, maxabs, sumabs;
-    v4l outliers, finite, neginf_x, neginf_y, ruled_out, bad;
-} MaskAcc;
-
-INLINE void masked4(MaskAcc *a, v4d x, v4d y, v4d p, double eps)
-{
-    const v4d ninf = (v4d){} - INFINITY, pinf = (v4d){} + INFINITY;
-    v4l okx = x > ninf, oky = y > ninf; /* false for NaN as well */
-    v4l both = okx & oky;
-    a->bad -= ~(x < pinf) | ~(y < pinf); /* NaN or +inf */
-    a->neginf_x -= x == ninf;
-    a->neginf_y -= y == ninf;
-    a->ruled_out -= okx & (y == ninf);
-    a->finite -= both;
-    v4d xm = sel4(both, x, (v4d){});
-    /* off the mask d is 0 and exp(-inf) is 0: 0 log 0 = 0 */
-    v4d d = sel4(both, x - y, (v4d){});
-    v4d ad = (v4d)((v4l)d & 0x7fffffffffffffffLL);
-    a->kl += p * d;
-    a->sx += xm;
-    a->sd += d;
-    a->sxx += xm * xm;
-    a->sdd += d * d;
-    a->sxd += xm * d;
-    a->sumabs += ad;
-    a->maxabs = sel4(ad > a->maxabs, ad, a->maxabs);
-    a->outliers -= both & (ad >= eps);
-}
-
-INLINE void masked8(MaskAcc *a, const float *x, const float *y, double eps)
-{
-    v8f xv, yv;
-    memcpy(&xv, x, sizeof xv);
-    memcpy(&yv, y, sizeof yv);
-    v8f pv = exp8(xv);
-    masked4(a, lo4(xv), lo4(yv), lo4(pv), eps);
-    masked4(a, hi4(xv), hi4(yv), hi4(pv), eps);
-}
-
-INLINE int row_sums_masked(const float *x, const float *y, Py_ssize_t v, double eps, Sums *out)
-{
-    MaskAcc a;
+    Acc a;
     memset(&a, 0, sizeof a);
     Py_ssize_t j = 0, pad = 0;
     for (; j + 8 <= v; j += 8)
-        masked8(&a, x + j, y + j, eps);
+        step8(&a, x + j, y + j, eps, masked);
     if (j < v) {
+        /* Padding: -inf on both sides is off the mask and only counted as
+         * -inf; 0 on both sides gives d = 0 and is only an outlier if eps <= 0. */
         float xt[8], yt[8];
         pad = 8 - (v - j);
-        load_tail(xt, yt, x + j, y + j, v - j, -INFINITY);
-        masked8(&a, xt, yt, eps);
+        load_tail(xt, yt, x + j, y + j, v - j, masked ? -INFINITY : 0.0f);
+        step8(&a, xt, yt, eps, masked);
     }
     out->kl = hsum(a.kl);
     out->sx = hsum(a.sx);
@@ -224,7 +177,12 @@ INLINE int row_sums_masked(const float *x, const float *y, Py_ssize_t v, double 
     out->sxd = hsum(a.sxd);
     out->sumabs = hsum(a.sumabs);
     out->maxabs = hmax(a.maxabs);
-    out->outliers = hsuml(a.outliers);
+    out->outliers = hsuml(a.outliers) - (!masked && eps <= 0 ? pad : 0);
+    if (!masked) {
+        out->finite = v;
+        out->neginf_x = out->neginf_y = out->ruled_out = 0;
+        return isfinite(out->sx) && isfinite(out->sd);
+    }
     out->finite = hsuml(a.finite);
     out->neginf_x = hsuml(a.neginf_x) - pad;
     out->neginf_y = hsuml(a.neginf_y) - pad;
@@ -309,7 +267,7 @@ static void block(const float *x, const float *y, Py_ssize_t rows, Py_ssize_t v,
         int64_t *o = io + i * NI;
         float vx[TOPK] = {0}, vy[TOPK] = {0};
         Sums s = {0};
-        int exact = v > 0 && (row_sums_finite(xr, yr, v, eps, &s) || row_sums_masked(xr, yr, v, eps, &s));
+        int exact = v > 0 && (row_sums(xr, yr, v, eps, &s, 0) || row_sums(xr, yr, v, eps, &s, 1));
         f[F_KL] = s.ruled_out ? INFINITY : s.kl;
         f[F_SX] = s.sx;
         f[F_SD] = s.sd;
