@@ -157,6 +157,22 @@ def test_diff_unusable_input_exits_2(tmp_path):
     assert_one_line_error(parity("diff", str(ref), str(cand)), "vocab")
     assert_one_line_error(parity("diff", str(ref), str(tmp_path / "missing")), "no store")
     assert_one_line_error(parity("diff", str(ref), str(ref), "--tolerance", "fp8"), "fp8")
+    assert_one_line_error(parity("diff", str(ref), str(ref), env={"PARITY_DIFF_KERNEL": "cuda"}),
+                          "PARITY_DIFF_KERNEL", "fused, numpy")
+
+
+def test_diff_kernel_can_be_forced_and_gives_the_same_report(tmp_path):
+    ref, cand = _synthetic_pair(tmp_path, noise=0.3)
+    reports = {}
+    for kernel in ("fused", "numpy"):
+        proc = parity("diff", str(ref), str(cand), "--json", str(tmp_path / f"{kernel}.json"),
+                      env={"PARITY_DIFF_KERNEL": kernel})
+        assert proc.returncode == 0, proc.stderr
+        assert f"{kernel} kernel" in proc.stderr
+        reports[kernel] = json.loads((tmp_path / f"{kernel}.json").read_text())["summary"]
+    assert reports["fused"]["positions"] == reports["numpy"]["positions"] > 0
+    assert reports["fused"]["top1_agreement"] == reports["numpy"]["top1_agreement"]
+    assert reports["fused"]["kl"]["mean"] == pytest.approx(reports["numpy"]["kl"]["mean"], rel=1e-5)
 
 
 @pytest.mark.engine

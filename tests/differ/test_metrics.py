@@ -15,6 +15,9 @@ from differ.testing import DEFAULT_PROMPT as PROMPT
 from differ.testing import log_softmax, pair_rows
 
 V = 512
+# The C kernel and the numpy kernel (its fallback without a C compiler) are
+# both held to the independent computations below.
+KERNELS = pytest.mark.parametrize("kernel", ["fused", "numpy"])
 
 
 def ref_kl(lr: np.ndarray, lc: np.ndarray) -> np.ndarray:
@@ -31,11 +34,12 @@ def forced_pair(make_store, ref_rows, cand_rows, **kw):
     return ref_path, cand_path
 
 
-def test_full_vocab_metrics_match_scipy(make_store, rng):
+@KERNELS
+def test_full_vocab_metrics_match_scipy(kernel, make_store, rng):
     pairs = [pair_rows(rng, n) for n in (37, 20, 51)]
     ref_rows, cand_rows = [p[0] for p in pairs], [p[1] for p in pairs]
     ref_path, cand_path = forced_pair(make_store, ref_rows, cand_rows)
-    report = differ.diff(ref_path, cand_path)
+    report = differ.diff(ref_path, cand_path, kernel=kernel)
     assert report.forced
     lr, lc = np.concatenate(ref_rows), np.concatenate(cand_rows)
     x, y = lr.astype(np.float64), lc.astype(np.float64)
@@ -82,7 +86,8 @@ def test_full_vocab_metrics_match_scipy(make_store, rng):
         start += len(rr)
 
 
-def test_closed_form_two_point_kl(make_store):
+@KERNELS
+def test_closed_form_two_point_kl(kernel, make_store):
     """Two-token distributions (the rest masked with -inf): KL has a closed form."""
     ps = [0.9, 0.5, 0.99, 0.3]
     qs = [0.8, 0.5, 0.9, 0.6]
@@ -92,7 +97,7 @@ def test_closed_form_two_point_kl(make_store):
         ref[i, 7], ref[i, 9] = np.log(p), np.log(1 - p)
         cand[i, 7], cand[i, 9] = np.log(q), np.log(1 - q)
     ref_path, cand_path = forced_pair(make_store, [ref], [cand])
-    report = differ.diff(ref_path, cand_path)
+    report = differ.diff(ref_path, cand_path, kernel=kernel)
     pos = report.positions["generated"]
     p64 = np.exp(ref.astype(np.float64))
     expect = [p * math.log(p / q) + (1 - p) * math.log((1 - p) / (1 - q)) for p, q in zip(p64[:, 7], np.exp(cand[:, 7].astype(np.float64)))]
@@ -104,14 +109,15 @@ def test_closed_form_two_point_kl(make_store):
     np.testing.assert_array_equal(pos["finite"], [2] * 4)  # |delta| over entries finite on both sides
 
 
-def test_nan_and_inf_are_counted_not_fatal(make_store, rng, tmp_path):
+@KERNELS
+def test_nan_and_inf_are_counted_not_fatal(kernel, make_store, rng, tmp_path):
     ref, cand = pair_rows(rng, 8)
     cand = cand.copy()
     cand[2, int(np.argmax(ref[2]))] = -np.inf  # reference mass on a token the candidate rules out
     cand[5, 11] = np.nan
     cand[6, 3] = np.inf
     ref_path, cand_path = forced_pair(make_store, [ref], [cand])
-    report = differ.diff(ref_path, cand_path, thresholds=differ.Thresholds(max_mean_kl=10.0))
+    report = differ.diff(ref_path, cand_path, kernel=kernel, thresholds=differ.Thresholds(max_mean_kl=10.0))
     pos = report.positions["generated"]
     assert pos["kl"][2] == np.inf
     assert np.isnan(pos["kl"][5])
