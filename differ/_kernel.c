@@ -3,10 +3,10 @@
  *
  * The numpy kernel in metrics.py makes about twenty passes over every pair of
  * rows (float64 copies, exp, three dot products, abs, max, top-k...), which
- * made comparing cost more than reading. This extension makes three passes
- * per row pair while the row is still in cache, with float64 accumulators
- * throughout, and releases the GIL for a whole block so the reader thread
- * keeps the other core busy.
+ * made comparing cost more than reading. Here one vectorised pass over a row
+ * pair takes every sum (float64 accumulators throughout), and the top-k and
+ * rank passes follow while the rows are still in cache. The GIL is released
+ * for a whole block, so the reader thread keeps the other core busy.
  *
  * -inf entries (masked tokens) are handled here with the numpy path's
  * semantics: statistics over the entries finite on both sides, 0 log 0 = 0,
