@@ -365,26 +365,33 @@ static PyMethodDef methods[] = {
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "differ._kernel", NULL, -1, methods, NULL, NULL, NULL, NULL};
 
+/* The row layout of the output buffers, for the Python side. */
+static const struct {
+    const char *name;
+    int value;
+} layout[] = {
+    {"TOPK", TOPK},         {"NF", NF},
+    {"NI", NI},             {"F_KL", F_KL},
+    {"F_SX", F_SX},         {"F_SD", F_SD},
+    {"F_SXX", F_SXX},       {"F_SDD", F_SDD},
+    {"F_SXD", F_SXD},       {"F_MAXABS", F_MAXABS},
+    {"F_SUMABS", F_SUMABS}, {"I_OUTLIERS", I_OUTLIERS},
+    {"I_RANK", I_RANK},     {"I_EXACT", I_EXACT},
+    {"I_FINITE", I_FINITE}, {"I_NEGINF_X", I_NEGINF_X},
+    {"I_NEGINF_Y", I_NEGINF_Y}, {"I_IDS_X", I_IDS_X},
+    {"I_IDS_Y", I_IDS_Y},
+};
+
 PyMODINIT_FUNC PyInit__kernel(void)
 {
     PyObject *m = PyModule_Create(&module);
     if (m == NULL)
         return NULL;
-    if (PyModule_AddIntConstant(m, "TOPK", TOPK) < 0 || PyModule_AddIntConstant(m, "NF", NF) < 0 ||
-        PyModule_AddIntConstant(m, "NI", NI) < 0 || PyModule_AddIntConstant(m, "F_KL", F_KL) < 0 ||
-        PyModule_AddIntConstant(m, "F_SX", F_SX) < 0 || PyModule_AddIntConstant(m, "F_SD", F_SD) < 0 ||
-        PyModule_AddIntConstant(m, "F_SXX", F_SXX) < 0 || PyModule_AddIntConstant(m, "F_SDD", F_SDD) < 0 ||
-        PyModule_AddIntConstant(m, "F_SXD", F_SXD) < 0 ||
-        PyModule_AddIntConstant(m, "F_MAXABS", F_MAXABS) < 0 ||
-        PyModule_AddIntConstant(m, "F_SUMABS", F_SUMABS) < 0 ||
-        PyModule_AddIntConstant(m, "I_OUTLIERS", I_OUTLIERS) < 0 ||
-        PyModule_AddIntConstant(m, "I_RANK", I_RANK) < 0 || PyModule_AddIntConstant(m, "I_EXACT", I_EXACT) < 0 ||
-        PyModule_AddIntConstant(m, "I_FINITE", I_FINITE) < 0 ||
-        PyModule_AddIntConstant(m, "I_NEGINF_X", I_NEGINF_X) < 0 ||
-        PyModule_AddIntConstant(m, "I_NEGINF_Y", I_NEGINF_Y) < 0 ||
-        PyModule_AddIntConstant(m, "I_IDS_X", I_IDS_X) < 0 || PyModule_AddIntConstant(m, "I_IDS_Y", I_IDS_Y) < 0) {
-        Py_DECREF(m);
-        return NULL;
+    for (size_t i = 0; i < sizeof layout / sizeof layout[0]; i++) {
+        if (PyModule_AddIntConstant(m, layout[i].name, layout[i].value) < 0) {
+            Py_DECREF(m);
+            return NULL;
+        }
     }
     return m;
 }

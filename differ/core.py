@@ -10,7 +10,6 @@ from typing import Callable
 
 import numpy as np
 
-from parity.errors import UsageError
 from parity.settings import settings
 from schemas.store import GENERATED, PROMPT, Store
 
@@ -208,12 +207,7 @@ def diff(
     PARITY_DIFF_KERNEL, else the C kernel when it was built.
     """
     t0 = time.perf_counter()
-    kernel = kernel or settings().diff_kernel or metrics.DEFAULT_KERNEL
-    if kernel not in metrics.KERNELS:
-        raise UsageError(f"unknown diff kernel {kernel!r} (PARITY_DIFF_KERNEL): expected one of {', '.join(metrics.KERNELS)}")
-    if kernel == "fused" and metrics._kernel is None:
-        raise UsageError("the C diff kernel was not built (no C compiler at install time): "
-                         "install gcc and rerun `make install`, or set PARITY_DIFF_KERNEL=numpy")
+    kernel = metrics.resolve_kernel(kernel or settings().diff_kernel)
     ref, cand = _open(reference), _open(candidate)
     for store in (ref, cand):
         # A missing file would read back as zeros and give plausible metrics.

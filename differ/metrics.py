@@ -17,6 +17,8 @@ import threading
 
 import numpy as np
 
+from parity.errors import UsageError
+
 try:
     from . import _kernel
 except ImportError:  # built without a C compiler: numpy does the same work, slower
@@ -24,6 +26,17 @@ except ImportError:  # built without a C compiler: numpy does the same work, slo
 
 KERNELS = ("fused", "numpy")
 DEFAULT_KERNEL = "fused" if _kernel is not None else "numpy"
+
+
+def resolve_kernel(name: str | None) -> str:
+    """The kernel to use for full-vocabulary rows: ``name``, or the fastest built one."""
+    kernel = name or DEFAULT_KERNEL
+    if kernel not in KERNELS:
+        raise UsageError(f"unknown diff kernel {kernel!r} (PARITY_DIFF_KERNEL): expected one of {', '.join(KERNELS)}")
+    if kernel == "fused" and _kernel is None:
+        raise UsageError("the C diff kernel was not built (no C compiler at install time): "
+                         "install gcc and rerun `make install`, or set PARITY_DIFF_KERNEL=numpy")
+    return kernel
 
 # name -> dtype of the per-position arrays every kernel fills.
 FIELDS: dict[str, type] = {
@@ -172,13 +185,8 @@ def full_block(x: np.ndarray, y: np.ndarray, eps: float, kernel: str | None = No
     ``kernel`` picks "fused" (the C kernel) or "numpy"; default: the C
     kernel when it was built.
     """
-    kernel = kernel or DEFAULT_KERNEL
-    if kernel == "fused":
-        if _kernel is None:
-            raise RuntimeError("the C kernel of parity diff was not built (no C compiler at install time)")
+    if resolve_kernel(kernel) == "fused":
         return _full_fused(x, y, eps)
-    if kernel != "numpy":
-        raise ValueError(f"unknown diff kernel {kernel!r}; expected one of {', '.join(KERNELS)}")
     return _full_numpy(x, y, eps)
 
 
@@ -226,8 +234,9 @@ def _pearson(sx, sd, sxx, sdd, sxd, n) -> np.ndarray:
         return np.minimum(np.where(ok, cov_xy / np.sqrt(np.maximum(var_x * var_y, 0)), np.nan), 1.0)
 
 
-def _tops(out: dict, sl: slice, x: np.ndarray, y: np.ndarray, ids_x: np.ndarray, ids_y: np.ndarray) -> None:
-    """Fields that follow from the top-k ids of both rows."""
+def _tops(out: dict, sl: slice, x: np.ndarray, y: np.ndarray, ids_x: np.ndarray, ids_y: np.ndarray) -> np.ndarray:
+    """Fields that follow from the top-k ids of both rows; returns the
+    candidate's values at the reference's top tokens."""
     t = ids_x[:, 0]
     rows = np.arange(len(t))
     out["ref_top"][sl] = t
@@ -235,11 +244,13 @@ def _tops(out: dict, sl: slice, x: np.ndarray, y: np.ndarray, ids_x: np.ndarray,
     out["top1"][sl] = t == ids_y[:, 0]
     out["overlap5"][sl] = overlap(ids_x, ids_y, 5)
     out["overlap10"][sl] = overlap(ids_x, ids_y, 10)
+    y_t = y[rows, t]
     lx_t = x[rows, t].astype(np.float64)
-    ly_t = y[rows, t].astype(np.float64)
+    ly_t = y_t.astype(np.float64)
     with np.errstate(over="ignore"):
         out["ref_conf"][sl] = np.exp(lx_t)
         out["delta_p"][sl] = np.exp(ly_t) - np.exp(lx_t)
+    return y_t
 
 
 def _full_numpy(x: np.ndarray, y: np.ndarray, eps: float) -> dict[str, np.ndarray]:
@@ -254,7 +265,6 @@ def _full_numpy(x: np.ndarray, y: np.ndarray, eps: float) -> dict[str, np.ndarra
 
 def _full_sub(x: np.ndarray, y: np.ndarray, eps: float, out: dict, sl: slice, sc: Scratch) -> None:
     n, v = x.shape
-    rows = np.arange(n)
     x64, y64, d, p, mask = sc.x64[:n], sc.y64[:n], sc.d64[:n], sc.p32[:n], sc.mask[:n]
     with np.errstate(invalid="ignore", over="ignore"):
         np.copyto(x64, x)
@@ -282,8 +292,7 @@ def _full_sub(x: np.ndarray, y: np.ndarray, eps: float, out: dict, sl: slice, sc
 
     ids_x, _ = topk(x, TOPK)
     ids_y, _ = topk(y, TOPK)
-    _tops(out, sl, x, y, ids_x, ids_y)
-    y_t = y[rows, ids_x[:, 0]]
+    y_t = _tops(out, sl, x, y, ids_x, ids_y)
     out["rank"][sl] = np.count_nonzero(np.greater(y, y_t[:, None], out=mask), axis=1) + 1
 
     bad = np.flatnonzero(~ok)

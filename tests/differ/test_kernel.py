@@ -146,5 +146,5 @@ def test_fused_kernel_rejects_wrong_buffers(fused):
         k.full_rows(x.astype(np.float64), x, EPS, np.empty((2, k.NF)), np.empty((2, k.NI), np.int64))
     with pytest.raises(ValueError):
         k.full_rows(x, x[:1], EPS, np.empty((2, k.NF)), np.empty((2, k.NI), np.int64))
-    with pytest.raises((TypeError, BufferError, ValueError)):
+    with pytest.raises(ValueError, match="contiguous"):
         k.full_rows(x, x[:, ::2], EPS, np.empty((2, k.NF)), np.empty((2, k.NI), np.int64))
