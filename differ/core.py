@@ -15,7 +15,7 @@ from schemas.store import GENERATED, PROMPT, Store
 
 from . import metrics
 from .plan import KINDS, Pairs, Plan, blocks, build_plan, check_compatible
-from .report import Report, kl_by_confidence, nan_mask, summarize
+from .report import Report, kl_by_confidence, nan_mask, sequence_slice, summarize
 from .thresholds import Thresholds
 
 log = logging.getLogger("parity")
@@ -168,13 +168,8 @@ def _store_info(store: Store) -> dict:
     }
 
 
-def _slices(seq: np.ndarray, index: int) -> slice:
-    a, b = np.searchsorted(seq, [index, index + 1])
-    return slice(int(a), int(b))
-
-
 def _seq_summary(pos: dict[str, np.ndarray], seq: np.ndarray, index: int) -> dict:
-    sl = _slices(seq, index)
+    sl = sequence_slice(seq, index)
     kl = pos["kl"][sl]
     fin = kl[np.isfinite(kl)]
     notnan = kl[~np.isnan(kl)]

@@ -9,7 +9,7 @@ import numpy as np
 
 from schemas.store import GENERATED, PROMPT
 
-from .report import Report
+from .report import Report, sequence_slice
 
 MAX_SEQ_ROWS = 20
 MAX_PLOTS = 64
@@ -344,10 +344,10 @@ def render_html(report: Report) -> str:
         parts.append(f"<h3>sequence {i}: KL mean {e(fmt(s['kl_mean']))}, max {e(fmt(s['kl_max']))}, "
                      f"top-1 {e(fmt(s['top1_agreement'], 3))}</h3>")
         if gen:
-            sl = slice(*np.searchsorted(gen["seq"], [i, i + 1]))
+            sl = sequence_slice(gen["seq"], i)
             parts.append(f'<div class="plot">{_kl_plot(gen["kl"][sl], gen["pos"][sl], marks, limit)}</div>')
         if pr and len(pr["seq"]):
-            sl = slice(*np.searchsorted(pr["seq"], [i, i + 1]))
+            sl = sequence_slice(pr["seq"], i)
             if sl.stop > sl.start:
                 parts.append(f'<div class="plot">prompt positions{_kl_plot(pr["kl"][sl], pr["pos"][sl], [], limit, h=100)}</div>')
     if len(r.sequences) > MAX_PLOTS:

@@ -52,6 +52,12 @@ def _rate(x: np.ndarray) -> float | None:
     return float(np.mean(x)) if len(x) else None
 
 
+def sequence_slice(seq: np.ndarray, index: int) -> slice:
+    """The positions of sequence ``index`` in a per-position array sorted by sequence."""
+    a, b = np.searchsorted(seq, [index, index + 1])
+    return slice(int(a), int(b))
+
+
 def nan_mask(pos: dict[str, np.ndarray]) -> np.ndarray:
     return (pos["nan_ref"] > 0) | (pos["nan_cand"] > 0)
 
