@@ -148,3 +148,14 @@ def test_fused_kernel_rejects_wrong_buffers(fused):
         k.full_rows(x, x[:1], EPS, np.empty((2, k.NF)), np.empty((2, k.NI), np.int64))
     with pytest.raises(ValueError, match="contiguous"):
         k.full_rows(x, x[:, ::2], EPS, np.empty((2, k.NF)), np.empty((2, k.NI), np.int64))
+
+
+def test_forcing_an_unbuilt_kernel_names_the_way_out(monkeypatch):
+    from parity.errors import UsageError
+
+    monkeypatch.setattr(metrics, "_kernel", None)  # as on a machine without a C compiler
+    with pytest.raises(UsageError, match="PARITY_DIFF_KERNEL=numpy"):
+        metrics.resolve_kernel("fused")
+    assert metrics.resolve_kernel("numpy") == "numpy"
+    with pytest.raises(UsageError, match="fused, numpy"):
+        metrics.resolve_kernel("gpu")
