@@ -1,17 +1,28 @@
 """Tensor-level capture of full-vocabulary rows inside the vLLM engine.
 
-Generated positions: a V1 logits processor sees each decode step's float32
-logits ``[num_reqs, vocab]`` before any sampling transform; it log-softmaxes
-them exactly as vLLM's sampler does and hands rows to a sink. It can also
+Generated positions: a V1 logits processor sees each decode step's logits
+``[num_reqs, vocab]`` before any sampling transform; it log-softmaxes them in
+float32 exactly as vLLM's sampler does and hands rows to a sink. It can also
 force the trajectory (every logit but the golden token set to -inf) after the
 row has been captured, so the stored distribution is the model's own.
 
 Prompt positions: vLLM computes them in the model runner's
 ``_get_prompt_logprobs_dict`` through ``sampler.compute_logprobs``; we ask for
 ``prompt_logprobs=0`` (cheap on the public side) and wrap those two methods on
-the in-process runner to keep the full rows. The wrapper checks every shape it
-sees against the request it expects and disables itself on any mismatch, in
-which case the recorder falls back to the public ``prompt_logprobs=-1`` path.
+the runner to keep the full rows. The wrapper checks every shape it sees
+against the request it expects and disables itself on any mismatch, in which
+case the recorder falls back to the public ``prompt_logprobs=-1`` path.
+
+Where the sampler runs: in the recorder's own process for the in-process
+engine, in worker processes for vLLM's multiprocess executor (``--tp/--pp >
+1``) and in Ray actors for its Ray executor. The recorder reaches every
+worker through ``LLM.collective_rpc`` with the module-level functions at the
+end of this file: ``configure`` sends each worker the trajectories to force
+and opens the row sink (and so the store writer) in the one worker whose
+sampler output vLLM returns (first tensor-parallel rank of the last pipeline
+stage); ``sink_stats``, ``commit`` and ``abort`` finish the job there. Rows
+never leave the process that computed them except as compressed shards on
+disk.
 
 This module imports torch and vllm; it is only imported by the recorder.
 """
@@ -19,29 +30,28 @@ This module imports torch and vllm; it is only imported by the recorder.
 from __future__ import annotations
 
 import logging
-from typing import Callable, Protocol
+import os
+from typing import Callable
 
 import numpy as np
 import torch
 from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor, MoveDirectionality
+
+from .sink import Progress, RowSink, SinkStats, WriterSpec, tensor_rows
 
 log = logging.getLogger("parity")
 
 EXTRA_KEY = "parity_seq"
 
 
-class RowSink(Protocol):
-    def generated(self, entries: list[tuple[int, int]], values: np.ndarray, ids: np.ndarray | None) -> None: ...
-    def finished(self, seq: int) -> None: ...
-    def prompt(self, seq: int, start: int, rows: np.ndarray) -> None: ...
-
-
 class _State:
-    """Process-wide hand-off between the recorder and the engine-owned processor."""
+    """Per-process hand-off between the recorder's RPCs and the engine-owned processor."""
 
     sink: RowSink | None = None
     forced: dict[int, list[int]] = {}
     topn: int | None = None
+    # Set by the recorder in its own process: a sink opened there reports progress directly.
+    local_progress: Callable[[Progress], None] | None = None
 
 
 STATE = _State()
@@ -93,11 +103,7 @@ class CaptureProcessor(LogitsProcessor):
             index_t = torch.tensor(indices, dtype=torch.long, device=logits.device)
             # Same op and dtype as vLLM's Sampler.compute_logprobs.
             logprobs = logits.index_select(0, index_t).log_softmax(dim=-1, dtype=torch.float32)
-            if STATE.topn:
-                values, ids = torch.topk(logprobs, STATE.topn, dim=-1)
-                values_np, ids_np = values.cpu().numpy(), ids.to(torch.int32).cpu().numpy()
-            else:
-                values_np, ids_np = logprobs.cpu().numpy(), None
+            values_np, ids_np = tensor_rows(logprobs, STATE.topn)
             sink.generated([(self.rows[i][0], len(self.rows[i][1])) for i in indices], values_np, ids_np)
         if STATE.forced:
             for index in indices:
@@ -176,3 +182,96 @@ def install_prompt_hook(worker, on_rows: Callable[[int, int, torch.Tensor], None
 def prompt_capture_ok(worker) -> bool:
     state = getattr(getattr(worker, "model_runner", None), "_parity_prompt_capture", None)
     return bool(state and state["ok"])
+
+
+# Worker-side RPC endpoints (``LLM.collective_rpc`` calls them with the worker
+# first). Module-level, so every executor can send them by reference.
+
+def _is_output_rank() -> bool:
+    """Whether this worker's sampler output is the one vLLM returns (first TP rank, last PP stage)."""
+    from vllm.distributed import parallel_state
+
+    if not (parallel_state.model_parallel_is_initialized()):
+        return True
+    return parallel_state.get_tp_group().rank_in_group == 0 and parallel_state.get_pp_group().is_last_rank
+
+
+def _on_prompt_rows(seq: int, start: int, logprobs: torch.Tensor) -> None:
+    if STATE.sink is not None:
+        STATE.sink.prompt(seq, start, *tensor_rows(logprobs, STATE.topn, copy=True))
+
+
+def configure(worker, spec: WriterSpec | None, forced: dict[int, list[int]], topn: int | None,
+              prompt_rows: bool, recorder_pid: int) -> dict | None:
+    """Every worker forces the trajectories; the output worker also opens the row sink.
+
+    Returns None on other workers; on the output worker, where the store is
+    being built and whether prompt rows are captured as tensors.
+    """
+    abort(worker)
+    _ensure_pipeline_buffers(worker)
+    STATE.forced, STATE.topn = dict(forced), topn
+    if spec is None or not _is_output_rank():
+        return None
+    local = os.getpid() == recorder_pid
+    sink = RowSink(spec, progress=STATE.local_progress if local else None)
+    progress_file = None if local else str(sink.report_to_file())
+    STATE.sink = sink
+    prompt_hooked = bool(prompt_rows) and _prompt_hook(worker)
+    return {"pid": os.getpid(), "tmp": str(sink.tmp), "progress_file": progress_file, "prompt_hooked": prompt_hooked}
+
+
+def _ensure_pipeline_buffers(worker) -> None:
+    """Allocates a later pipeline stage's receive buffers where vLLM's CPU runner did not.
+
+    vLLM's GPU runner allocates them in its warm-up dummy run; the CPU runner
+    skips that run when compilation is off (``enforce_eager``), and the first
+    step of a pipeline-parallel engine then fails ("assert
+    self.intermediate_tensors is not None"). Same call as the dummy run.
+    """
+    from vllm.distributed import parallel_state
+
+    runner = getattr(worker, "model_runner", None)
+    if (runner is None or getattr(runner, "intermediate_tensors", False) is not None
+            or not parallel_state.model_parallel_is_initialized() or parallel_state.get_pp_group().is_first_rank):
+        return
+    make = getattr(runner.model, "make_empty_intermediate_tensors", None)
+    if make is not None:
+        runner.intermediate_tensors = make(batch_size=runner.max_num_tokens, dtype=runner.model_config.dtype,
+                                           device=runner.device)
+
+
+def _prompt_hook(worker) -> bool:
+    runner = getattr(worker, "model_runner", None)
+    if getattr(runner, "_parity_prompt_capture", None) is not None:
+        return prompt_capture_ok(worker)  # already wrapped: one engine, several recordings
+    return install_prompt_hook(worker, _on_prompt_rows)
+
+
+def sink_stats(worker) -> SinkStats | None:
+    return STATE.sink.stats() if STATE.sink is not None else None
+
+
+def prompt_rows_ok(worker) -> bool | None:
+    return prompt_capture_ok(worker) if STATE.sink is not None else None
+
+
+def commit(worker, manifest, token_ids: list[list[int]]):
+    """Publishes the store on the output worker: (path as str, manifest with digests)."""
+    if STATE.sink is None:
+        return None
+    sink, STATE.sink = STATE.sink, None
+    STATE.forced = {}
+    try:
+        path, final = sink.commit(manifest, token_ids)
+    except BaseException:
+        sink.abort()
+        raise
+    return str(path), final
+
+
+def abort(worker) -> None:
+    sink, STATE.sink = STATE.sink, None
+    STATE.forced = {}
+    if sink is not None:
+        sink.abort()

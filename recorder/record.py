@@ -26,14 +26,16 @@ from schemas import Device, Manifest, ModelRef, Request, SequenceInfo, Store, St
 from schemas.store import GENERATED, PROMPT
 
 from .devices import EngineOptions, get_profile
+from .rows import EngineRows, LocalRows
+from .sink import Progress, RowSink, WriterSpec
 from .inputs import load_prompts, resolve_model, tokenizer_digest, weights_digest
 
 log = logging.getLogger("parity")
 
-PROGRESS_INTERVAL_S = 0.1
-
 CAPTURE_TENSOR = "tensor"
 CAPTURE_PUBLIC = "public"
+# vLLM's distributed_executor_backend values the recorder supports (None: vLLM's choice).
+EXECUTORS = (None, "mp", "ray", "uni")
 
 
 @dataclass
@@ -52,14 +54,10 @@ class RecordConfig:
     golden: Path | None = None  # a local store to follow (forced trajectory)
     capture: str = CAPTURE_TENSOR
     tokenizer: str | None = None
-
-
-@dataclass(frozen=True)
-class Progress:
-    positions: int
-    total: int
-    bytes_written: int
-    elapsed: float
+    # False for plans made off the device host (--dry-run): an absent device is
+    # reported by the caller instead of refused. Kept on the config so that
+    # resolve_golden's request-key plan inherits it.
+    check_device: bool = True
 
 
 @dataclass(frozen=True)
@@ -86,76 +84,6 @@ def _golden_plan(golden: Store) -> tuple[list[list[int]], list[list[int]]]:
         toks = golden.tokens(s.index)
         trajectories.append([int(t) for t in toks[s.prompt_len :]])
     return prompts, trajectories
-
-
-class _Sink:
-    """Receives rows from the engine thread and appends them to the writer in order."""
-
-    def __init__(self, writer: StoreWriter, num_seqs: int, topn: int | None, total: int,
-                 progress: Callable[[Progress], None] | None):
-        self.writer = writer
-        self.topn = topn
-        self.next_generated = [0] * num_seqs
-        self.next_prompt = [0] * num_seqs
-        self.nan_rows = [0] * num_seqs
-        self.inf_rows = [0] * num_seqs
-        self.positions = 0
-        self.total = total
-        self.progress = progress
-        self.started = time.perf_counter()
-        self.last_report = 0.0
-        self.error: str | None = None
-
-    def append(self, kind: str, seq: int, values: np.ndarray, ids: np.ndarray | None = None) -> None:
-        """Rows of one sequence at once (the public fallback path)."""
-        self.writer.append_rows(kind, seq, values, ids)
-        self._count([seq] * len(values), values)
-
-    def _count(self, seqs: list[int], values: np.ndarray) -> None:
-        # One pass: a row's sum is finite exactly when every entry is; only
-        # rows that fail (-inf entries, or NaN/+inf) are inspected further.
-        with np.errstate(invalid="ignore", over="ignore"):
-            suspect = np.flatnonzero(~np.isfinite(values.sum(axis=1)))
-        for k in suspect:
-            seq = seqs[k]
-            self.nan_rows[seq] += bool(np.isnan(values[k]).any())
-            self.inf_rows[seq] += bool(np.isposinf(values[k]).any())
-        self.positions += values.shape[0]
-        now = time.perf_counter()
-        if self.progress and (now - self.last_report >= PROGRESS_INTERVAL_S or self.positions >= self.total):
-            self.last_report = now
-            self.progress(Progress(self.positions, self.total, self.writer.bytes_written(), now - self.started))
-
-    def generated(self, entries: list[tuple[int, int]], values: np.ndarray, ids: np.ndarray | None = None) -> None:
-        """One decode step: row k of values (and ids) is position entries[k][1] of sequence entries[k][0]."""
-        for k, (seq, position) in enumerate(entries):
-            if position != self.next_generated[seq]:
-                # A preempted or re-scheduled request: rows would be misaligned.
-                self.error = f"sequence {seq}: got a row for generated position {position}, expected {self.next_generated[seq]}"
-                return
-            self.next_generated[seq] += 1
-            self.writer.append_rows(GENERATED, seq, values[k], None if ids is None else ids[k])
-        self._count([seq for seq, _ in entries], values)
-
-    def finished(self, seq: int) -> None:
-        self.writer.finish_sequence(seq)
-
-    def prompt(self, seq: int, start: int, rows: np.ndarray, ids: np.ndarray | None = None) -> None:
-        if start != self.next_prompt[seq]:
-            self.error = f"sequence {seq}: prompt rows from {start}, expected {self.next_prompt[seq]}"
-            return
-        self.next_prompt[seq] += rows.shape[0]
-        self.writer.append_rows(PROMPT, seq, rows, ids)
-        self._count([seq] * rows.shape[0], rows)
-
-
-def _prompt_rows_tensor(logprobs, topn: int | None):
-    import torch
-
-    if topn:
-        values, ids = torch.topk(logprobs, topn, dim=-1)
-        return values.cpu().numpy(), ids.to(torch.int32).cpu().numpy()
-    return logprobs.detach().to("cpu", copy=True).numpy(), None
 
 
 def _rows_from_public(entries, vocab_size: int, topn: int | None):
@@ -215,17 +143,28 @@ def plan_recording(cfg: RecordConfig, *, check_out: bool = True) -> Plan:
         raise UsageError("--logprobs must be -1 (full vocabulary) or a positive N (top-N)")
     if cfg.max_tokens < 1:
         raise UsageError("--max-tokens must be at least 1")
+    if cfg.engine.dp > 1:
+        # vLLM's offline LLM() raises for data_parallel_size > 1 (vllm/entrypoints/llm.py:282-294 in 0.32).
+        raise UsageError(f"--dp {cfg.engine.dp}: vLLM's offline LLM() refuses data_parallel_size > 1",
+                         hint="run one recording per replica, each with --dp 1")
+    if cfg.engine.executor not in EXECUTORS:
+        raise UsageError(f"--distributed-executor-backend must be one of {', '.join(e for e in EXECUTORS if e)}, "
+                         f"not {cfg.engine.executor!r}")
+    if cfg.engine.executor == "uni" and cfg.engine.tp * cfg.engine.pp > 1:
+        raise UsageError("--distributed-executor-backend uni runs one worker: it cannot serve --tp/--pp > 1",
+                         hint="use mp (the default) or ray")
     out = Path(cfg.out).expanduser() if cfg.out else st.cache_dir / "stores"
     if check_out:
         _check_out_dir(out)
-    profile.check_available()
+    if cfg.check_device:
+        profile.check_available()
 
     golden_store = Store.open(cfg.golden) if cfg.golden else None
     model = resolve_model(cfg.model, st.cache_dir)
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer or model.path, trust_remote_code=cfg.engine.trust_remote_code)
-    tok_digest = tokenizer_digest(Path(cfg.tokenizer) if cfg.tokenizer else model.path)
+    tok_digest = tokenizer_digest(tokenizer)
     w_digest = weights_digest(model.path, st.cache_dir)
 
     trajectories = None
@@ -233,7 +172,18 @@ def plan_recording(cfg: RecordConfig, *, check_out: bool = True) -> Plan:
     logprobs = cfg.logprobs
     if golden_store is not None:
         gm = golden_store.manifest
-        if gm.request.model.tokenizer_digest and tok_digest != gm.request.model.tokenizer_digest:
+        golden_tok = gm.request.model.tokenizer_digest
+        if golden_tok and gm.schema_version < 2:
+            from .inputs import legacy_tokenizer_digest
+
+            # Schema 1 digested the tokenizer files' bytes: only that comparison means anything.
+            if legacy_tokenizer_digest(Path(cfg.tokenizer) if cfg.tokenizer else model.path) != golden_tok:
+                raise GoldenMismatchError(
+                    f"the tokenizer files of {cfg.model} differ from the golden's ({gm.request.model.id})",
+                    hint="the golden has schema_version 1, which compares tokenizer files byte for byte: "
+                         "use the tokenizer files it was recorded with, or re-record it with this parity",
+                )
+        elif golden_tok and tok_digest != golden_tok:
             raise GoldenMismatchError(f"the tokenizer of {cfg.model} differs from the golden's ({gm.request.model.id})")
         if gm.request.model.weights_digest and w_digest != gm.request.model.weights_digest:
             log.warning("model weights differ from the golden's (%s): recording a different model on its trajectory",
@@ -271,6 +221,7 @@ def plan_recording(cfg: RecordConfig, *, check_out: bool = True) -> Plan:
         seed=cfg.engine.seed,
         num_hidden_layers=cfg.engine.num_hidden_layers,
     )
+    profile.validate(cfg.engine, request)
     return Plan(profile, model, tokenizer, request, prompt_texts, trajectories, golden_store, out)
 
 
@@ -279,27 +230,34 @@ def record(cfg: RecordConfig, progress: Callable[[Progress], None] | None = None
     plan = plan_recording(cfg)
     profile, model, tokenizer, request = plan.profile, plan.model, plan.tokenizer, plan.request
     prompt_ids, prompt_texts, trajectories, golden_store = plan.prompt_ids, plan.prompt_texts, plan.trajectories, plan.golden
-    prompt_logprobs, topn, out = request.prompt_logprobs, plan.topn, plan.out
+    prompt_logprobs, topn = request.prompt_logprobs, plan.topn
 
     hf = getattr(profile, "runner", "vllm") == "hf"
     os.environ.update(profile.environment(cfg.engine, full_vocab=topn is None))
     t_start = time.perf_counter()
+    llm = None
     if hf:
         from transformers import AutoConfig
 
-        llm, capture_mode = None, "hf"
+        capture_mode = "hf"
         vocab_size = int(AutoConfig.from_pretrained(model.path).vocab_size)
     else:
         llm, capture_mode = _start_engine(cfg, profile, model.path, cfg.tokenizer)
-        vocab_size = int(llm.llm_engine.model_config.get_vocab_size())
-    t_engine = time.perf_counter() - t_start
-    if golden_store is not None and golden_store.manifest.vocab_size != vocab_size:
-        raise GoldenMismatchError(
-            f"the model's vocabulary ({vocab_size}) differs from the golden's ({golden_store.manifest.vocab_size})")
+    try:
+        if llm is not None:
+            vocab_size = int(llm.llm_engine.model_config.get_vocab_size())
+        t_engine = time.perf_counter() - t_start
+        if golden_store is not None and golden_store.manifest.vocab_size != vocab_size:
+            raise GoldenMismatchError(
+                f"the model's vocabulary ({vocab_size}) differs from the golden's ({golden_store.manifest.vocab_size})")
+        return _record_rows(cfg, plan, llm, capture_mode, vocab_size, t_engine, progress)
+    finally:
+        if llm is not None:
+            _shutdown(llm)
 
-    prompt_hooked = False
-    total = sum(plan.lengths) + sum(len(p) - 1 for p in prompt_ids if prompt_logprobs)
 
+def _writer_spec(cfg: RecordConfig, plan: Plan, vocab_size: int) -> WriterSpec:
+    prompt_ids, prompt_logprobs = plan.prompt_ids, plan.request.prompt_logprobs
     reserve = None
     if cfg.engine.batch > 1 and len(prompt_ids) > 1:
         # Rows of concurrently decoded sequences interleave: give each its own region.
@@ -307,25 +265,41 @@ def record(cfg: RecordConfig, progress: Callable[[Progress], None] | None = None
             GENERATED: plan.lengths,
             PROMPT: [len(p) - 1 if prompt_logprobs else 0 for p in prompt_ids],
         }
-    with StoreWriter(out, vocab_size=vocab_size, topn=topn, reserve=reserve, lanes=cfg.engine.batch) as writer:
-        sink = _Sink(writer, len(prompt_ids), topn, total, progress)
-        t_gen_start = time.perf_counter()
-        if hf:
-            results = _generate_hf(cfg, plan, sink)
-        else:
-            results, prompt_hooked = _generate_vllm(cfg, plan, llm, capture_mode, sink, vocab_size)
+    total = sum(plan.lengths) + sum(len(p) - 1 for p in prompt_ids if prompt_logprobs)
+    return WriterSpec(out=str(plan.out), vocab_size=vocab_size, topn=plan.topn, num_seqs=len(prompt_ids),
+                      total=total, reserve=reserve, lanes=cfg.engine.batch)
+
+
+def _record_rows(cfg: RecordConfig, plan: Plan, llm, capture_mode: str, vocab_size: int, t_engine: float,
+                 progress: Callable[[Progress], None] | None) -> RecordResult:
+    profile, model, tokenizer, request = plan.profile, plan.model, plan.tokenizer, plan.request
+    prompt_ids, prompt_texts, trajectories, golden_store = plan.prompt_ids, plan.prompt_texts, plan.trajectories, plan.golden
+    prompt_logprobs = request.prompt_logprobs
+    hf = llm is None
+    spec = _writer_spec(cfg, plan, vocab_size)
+    t_gen_start = time.perf_counter()
+    if hf:
+        rows = LocalRows(RowSink(spec, progress))
+        try:
+            results = _generate_hf(cfg, plan, rows.sink)
+        except BaseException:
+            rows.abort()
+            raise
+    else:
+        results, rows = _generate_vllm(cfg, plan, llm, capture_mode, spec, progress)
+    try:
         t_gen = time.perf_counter() - t_gen_start
-        if sink.error:
-            raise EngineError(f"capture lost alignment: {sink.error}")
+        stats = rows.stats()
+        if stats.error:
+            raise EngineError(f"capture lost alignment: {stats.error}")
 
         token_lists, seq_infos = [], []
         for i, (gen_ids, finish_reason) in enumerate(results):
-            writer.finish_sequence(i)
             token_lists.append(list(prompt_ids[i]) + gen_ids)
             text = tokenizer.decode(gen_ids, skip_special_tokens=False) if gen_ids else ""
             seq_infos.append(SequenceInfo(
                 index=i, prompt_len=len(prompt_ids[i]), generated_len=len(gen_ids),
-                finish_reason=finish_reason, nan_rows=sink.nan_rows[i], inf_rows=sink.inf_rows[i],
+                finish_reason=finish_reason, nan_rows=stats.nan_rows[i], inf_rows=stats.inf_rows[i],
                 text=(prompt_texts[i] or "") + text,
             ))
         if trajectories:
@@ -336,8 +310,9 @@ def record(cfg: RecordConfig, progress: Callable[[Progress], None] | None = None
         generated = sum(s.generated_len for s in seq_infos)
         run = {
             "capture": capture_mode,
-            "prompt_capture": (capture_mode if hf else CAPTURE_TENSOR if prompt_hooked else CAPTURE_PUBLIC)
+            "prompt_capture": (capture_mode if hf else CAPTURE_TENSOR if rows.prompt_hooked else CAPTURE_PUBLIC)
             if prompt_logprobs else None,
+            "executor": _executor_kind(llm),
             "timings": {
                 "engine_start_s": round(t_engine, 3),
                 "generate_s": round(t_gen, 3),
@@ -365,14 +340,36 @@ def record(cfg: RecordConfig, progress: Callable[[Progress], None] | None = None
             tool_version=parity.__version__,
             run=run,
         )
-        path, manifest = writer.commit(manifest, token_lists)
+        path, manifest = rows.commit(manifest, token_lists)
+    except BaseException:
+        rows.abort()
+        raise
     # Generation through the published store: what a user waits for after the engine is up.
     timings = {**run["timings"], "record_s": round(time.perf_counter() - t_gen_start, 3)}
     return RecordResult(path, manifest, timings)
 
 
-def _generate_vllm(cfg: RecordConfig, plan: Plan, llm, capture_mode: str, sink: "_Sink", vocab_size: int) -> tuple[list[tuple[list[int], str | None]], bool]:
-    """Runs vLLM with tensor capture (or the public path); returns per-sequence results."""
+def _executor_kind(llm) -> str | None:
+    """Where the sampler ran: uni (this process), mp (worker processes) or ray."""
+    if llm is None:
+        return None
+    backend = llm.llm_engine.vllm_config.parallel_config.distributed_executor_backend
+    return backend if isinstance(backend, str) else getattr(backend, "__name__", str(backend))
+
+
+def _shutdown(llm) -> None:
+    """Stops the engine's workers now rather than at garbage collection (they hold cores and memory)."""
+    try:
+        engine_core = getattr(llm.llm_engine, "engine_core", None)
+        if engine_core is not None and hasattr(engine_core, "shutdown"):
+            engine_core.shutdown()
+    except Exception as e:  # noqa: BLE001 - the store is already committed or aborted
+        log.debug("engine shutdown: %s", e)
+
+
+def _generate_vllm(cfg: RecordConfig, plan: Plan, llm, capture_mode: str, spec: WriterSpec,
+                   progress: Callable[[Progress], None] | None):
+    """Runs vLLM with tensor capture (or the public path); returns per-sequence results and the rows handle."""
     from vllm import SamplingParams
     from vllm.inputs import TokensPrompt
 
@@ -380,59 +377,66 @@ def _generate_vllm(cfg: RecordConfig, plan: Plan, llm, capture_mode: str, sink: 
 
     request, topn, trajectories = plan.request, plan.topn, plan.trajectories
     prompt_ids, prompt_logprobs = plan.prompt_ids, request.prompt_logprobs
+    vocab_size = spec.vocab_size
     public = capture_mode == CAPTURE_PUBLIC
-    prompt_hooked = False
-    if not public:
-        cap.STATE.sink = sink
-        cap.STATE.topn = topn
-        cap.STATE.forced = {i: t for i, t in enumerate(trajectories)} if trajectories else {}
-        if prompt_logprobs:
-            prompt_hooked = all(llm.collective_rpc(
-                cap.install_prompt_hook,
-                args=(lambda seq, start, lp: sink.prompt(seq, start, *_prompt_rows_tensor(lp, topn)),),
-            ))
-    elif trajectories:
-        cap.STATE.sink = None
-        cap.STATE.forced = {i: t for i, t in enumerate(trajectories)}
-    params = []
-    for i, n in enumerate(plan.lengths):
-        want_public_prompt = prompt_logprobs and (public or not prompt_hooked)
-        params.append(SamplingParams(
-            temperature=0.0,
-            max_tokens=max(n, 1),
-            seed=cfg.engine.seed,
-            ignore_eos=bool(trajectories),
-            detokenize=False,
-            logprobs=(-1 if topn is None else topn) if public else None,
-            prompt_logprobs=(-1 if topn is None else topn) if want_public_prompt else (0 if prompt_logprobs else None),
-            extra_args={cap.EXTRA_KEY: i},
-        ))
-    prompts = [TokensPrompt(prompt_token_ids=p) for p in prompt_ids]
+    forced = {i: t for i, t in enumerate(trajectories)} if trajectories else {}
+    cap.STATE.local_progress = progress
+    if public:
+        # Rows come back through the engine's outputs, into a sink here;
+        # the workers still force the trajectories.
+        llm.collective_rpc(cap.configure, args=(None, forced, topn, False, os.getpid()))
+        rows = LocalRows(RowSink(spec, progress))
+    else:
+        rows = EngineRows.open(llm, spec, forced, topn, prompt_logprobs)
     try:
-        outputs = llm.generate(prompts, params, use_tqdm=False)
-    except Exception as e:  # the engine's own failures: keep one line, traceback under PARITY_DEBUG
-        if settings().debug:
-            raise
-        raise EngineError(f"the engine failed while generating: {type(e).__name__}: {e}") from None
+        params = []
+        for i, n in enumerate(plan.lengths):
+            want_public_prompt = prompt_logprobs and (public or not rows.prompt_hooked)
+            params.append(SamplingParams(
+                temperature=0.0,
+                max_tokens=max(n, 1),
+                seed=cfg.engine.seed,
+                ignore_eos=bool(trajectories),
+                detokenize=False,
+                logprobs=(-1 if topn is None else topn) if public else None,
+                prompt_logprobs=(-1 if topn is None else topn) if want_public_prompt else (0 if prompt_logprobs else None),
+                extra_args={cap.EXTRA_KEY: i},
+            ))
+        prompts = [TokensPrompt(prompt_token_ids=p) for p in prompt_ids]
+        try:
+            with rows.watch(progress, spec.total):
+                outputs = llm.generate(prompts, params, use_tqdm=False)
+        except Exception as e:  # the engine's own failures: keep one line, traceback under PARITY_DEBUG
+            if settings().debug:
+                raise
+            raise EngineError(f"the engine failed while generating: {type(e).__name__}: {e}") from None
+        if not public and rows.prompt_hooked and prompt_logprobs and not rows.prompt_rows_ok():
+            raise EngineError("prompt-row capture disabled itself mid-run (unexpected shapes from this vLLM)",
+                              hint="rerun; if it persists, report the vLLM version")
+        results = []
+        for i, o in enumerate(outputs):
+            comp = o.outputs[0]
+            if public:
+                rows.sink.append(GENERATED, i, *_rows_from_public(comp.logprobs or [], vocab_size, topn))
+            if prompt_logprobs and (public or not rows.prompt_hooked):
+                rows.sink.append(PROMPT, i, *_rows_from_public((o.prompt_logprobs or [])[1:], vocab_size, topn))
+            results.append((list(comp.token_ids), comp.finish_reason))
+    except BaseException:
+        rows.abort()
+        raise
     finally:
-        cap.STATE.sink = None
-        cap.STATE.forced = {}
-    results = []
-    for i, o in enumerate(outputs):
-        comp = o.outputs[0]
+        cap.STATE.local_progress = None
         if public:
-            sink.append(GENERATED, i, *_rows_from_public(comp.logprobs or [], vocab_size, topn))
-        if prompt_logprobs and (public or not prompt_hooked):
-            sink.append(PROMPT, i, *_rows_from_public((o.prompt_logprobs or [])[1:], vocab_size, topn))
-        results.append((list(comp.token_ids), comp.finish_reason))
-    return results, prompt_hooked
+            llm.collective_rpc(cap.abort)  # clears the forced trajectories
+    return results, rows
 
 
-def _generate_hf(cfg: RecordConfig, plan: Plan, sink: "_Sink") -> list[tuple[list[int], str | None]]:
+def _generate_hf(cfg: RecordConfig, plan: Plan, sink: RowSink) -> list[tuple[list[int], str | None]]:
     from .devices.hf import run_hf
+    from .sink import tensor_rows
 
     def emit(kind: str, seq: int, position: int, logprobs) -> None:
-        values, ids = _prompt_rows_tensor(logprobs if logprobs.ndim == 2 else logprobs[None, :], plan.topn)
+        values, ids = tensor_rows(logprobs if logprobs.ndim == 2 else logprobs[None, :], plan.topn, copy=True)
         if kind == PROMPT:
             sink.prompt(seq, position, values, ids)
         else:
@@ -461,6 +465,8 @@ def _engine_kwargs(cfg: RecordConfig, profile, model_path: Path, tokenizer: str 
     )
     if cfg.engine.num_hidden_layers:
         kwargs["hf_overrides"] = {"num_hidden_layers": cfg.engine.num_hidden_layers}
+    if cfg.engine.executor:
+        kwargs["distributed_executor_backend"] = cfg.engine.executor
     return kwargs
 
 

@@ -11,6 +11,10 @@ import importlib.metadata as md
 import platform
 import socket
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from schemas import Request
 
 
 @dataclass(frozen=True)
@@ -25,10 +29,16 @@ class EngineOptions:
     pp: int = 1
     dp: int = 1
     ep: bool = False
+    # vLLM's distributed_executor_backend (mp | ray | uni); None: vLLM's choice (mp when tp*pp > 1).
+    executor: str | None = None
     block_size: int | None = None
     num_hidden_layers: int | None = None
     trust_remote_code: bool = False
     max_num_batched_tokens: int | None = None
+    # Read by the rbln profile only (devices/rbln.py); the CLI refuses them for other devices.
+    rbln_path: str = "auto"
+    rbln_host_logits: bool = False
+    rbln_fresh_compile: bool = False
     extra: dict = field(default_factory=dict)
 
 
@@ -41,6 +51,17 @@ class DeviceProfile:
 
     def check_available(self) -> None:
         """Raises DeviceUnavailableError (one line, with the install step) if absent."""
+
+    def validate(self, opts: EngineOptions, request: "Request") -> None:
+        """Raises UsageError (one line) for settings this device refuses.
+
+        Runs in ``plan_recording``, before any engine start or compilation,
+        so a refused setting costs nothing on the device host.
+        """
+
+    def plan_details(self, opts: EngineOptions) -> dict:
+        """Device-specific choices worth showing in a dry-run plan (JSON-serialisable)."""
+        return {}
 
     def environment(self, opts: EngineOptions, *, full_vocab: bool) -> dict[str, str]:
         return {}
