@@ -57,7 +57,7 @@ def record(
     num_prompts: Annotated[Optional[int], typer.Option("--num-prompts", help="Use this many prompts (cycling the list).")] = None,
     max_tokens: Annotated[int, typer.Option("--max-tokens", help="Tokens to generate per prompt.")] = 32,
     logprobs: Annotated[int, typer.Option("--logprobs", help="-1: full vocabulary; N: top-N ids and values.")] = -1,
-    prompt_logprobs: Annotated[Optional[bool], typer.Option("--prompt-logprobs/--no-prompt-logprobs", help="Record prompt positions (default: on for cpu, off for rbln).")] = None,
+    prompt_logprobs: Annotated[Optional[bool], typer.Option("--prompt-logprobs/--no-prompt-logprobs", help="Record prompt positions (default: on for cpu and hf; refused on rbln).")] = None,
     num_hidden_layers: Annotated[Optional[int], typer.Option("--num-hidden-layers", help="Override the model's layer count.")] = None,
     max_model_len: Annotated[int, typer.Option("--max-model-len")] = 1024,
     dtype: Annotated[str, typer.Option("--dtype")] = "float32",
@@ -67,11 +67,16 @@ def record(
     pp: Annotated[int, typer.Option("--pp")] = 1,
     dp: Annotated[int, typer.Option("--dp")] = 1,
     ep: Annotated[bool, typer.Option("--ep", help="Expert parallel (MoE).")] = False,
-    block_size: Annotated[Optional[int], typer.Option("--block-size")] = None,
+    executor: Annotated[Optional[str], typer.Option("--distributed-executor-backend", help="vLLM's executor for --tp/--pp > 1: mp (default) | ray | uni.")] = None,
+    block_size: Annotated[Optional[int], typer.Option("--block-size", help="KV-cache block size (rbln default: --max-model-len).")] = None,
     trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code")] = False,
+    rbln_path: Annotated[str, typer.Option("--rbln-path", help="rbln model path: auto (optimum on RBLN-CA*, vllm-model elsewhere) | vllm-model | optimum.")] = "auto",
+    rbln_host_logits: Annotated[bool, typer.Option("--rbln-host-logits", help="rbln: keep logits on the host (VLLM_RBLN_USE_DEVICE_TENSOR=0).")] = False,
+    rbln_fresh_compile: Annotated[bool, typer.Option("--rbln-fresh-compile", help="rbln: compile again instead of using the compile cache (VLLM_DISABLE_COMPILE_CACHE=1).")] = False,
     out: OutDir = None,
     repo: RepoOpt = None,
     diff: Annotated[bool, typer.Option("--diff", help="Diff against the golden at the end and print the report.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate and print the resolved plan as JSON; start no engine, record nothing.")] = False,
     no_color: NoColor = False,
 ) -> None:
     """Record full-vocabulary logprobs for every position into a new store."""
@@ -81,19 +86,32 @@ def record(
     sink = Output(progress=not settings().no_progress)
     if batch < 1 or tp < 1 or pp < 1 or dp < 1:
         raise UsageError("--batch, --tp, --pp and --dp must be at least 1")
+    if block_size is not None and block_size < 1:
+        raise UsageError("--block-size must be at least 1")
+    if device != "rbln" and (rbln_path != "auto" or rbln_host_logits or rbln_fresh_compile):
+        raise UsageError(f"--rbln-path, --rbln-host-logits and --rbln-fresh-compile apply to --device rbln, not {device!r}")
     cfg = RecordConfig(
         model=model, device=device, prompts=prompts, prompts_file=prompts_file, num_prompts=num_prompts,
         max_tokens=max_tokens, logprobs=logprobs, prompt_logprobs=prompt_logprobs, out=out,
         engine=EngineOptions(
-            dtype=dtype, max_model_len=max_model_len, seed=seed, batch=batch, tp=tp, pp=pp, dp=dp, ep=ep,
+            dtype=dtype, max_model_len=max_model_len, seed=seed, batch=batch, tp=tp, pp=pp, dp=dp, ep=ep, executor=executor,
             block_size=block_size, num_hidden_layers=num_hidden_layers, trust_remote_code=trust_remote_code,
+            rbln_path=rbln_path, rbln_host_logits=rbln_host_logits, rbln_fresh_compile=rbln_fresh_compile,
         ),
+        check_device=not dry_run,
     )
     if golden:
         golden_path, notes = resolve_golden(cfg, golden, repo=repo)
         cfg = dataclasses.replace(cfg, golden=golden_path)
         for line in notes:
             sink.note(line)
+    if dry_run:
+        from recorder.dryrun import dry_run as plan_dry_run
+
+        with stdout_to_stderr():
+            resolved = plan_dry_run(cfg)
+        sink.data(resolved)
+        return
     with stdout_to_stderr():
         result = run_record(cfg, progress=lambda p: sink.bar(
             p.positions, p.total, f"{p.positions / max(p.elapsed, 1e-9):.0f} pos/s {human_bytes(p.bytes_written)}"))

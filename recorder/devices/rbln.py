@@ -1,63 +1,266 @@
 """vLLM on Rebellions NPUs through the vllm-rbln plugin (runs only on an NPU host).
 
-What we know of the plugin (engine facts): V1 model runner only; its sampler
-honours raw logprobs with logprobs=-1 and custom logits processors; prompt
-logprobs are reported broken, so they are off by default; warm-up with large
-logprobs counts was reported to crash; block size is required.
+Fitted to vllm-rbln 0.12.0 as its source reads (paths inside ``vllm_rbln/``;
+vLLM paths are vLLM 0.30.0, which vllm-rbln 0.12 pins):
+
+- Plugins: the wheel registers a platform plugin ``rbln`` and general plugins
+  ``rbln_custom_ops``/``rbln_new_models`` (entry_points.txt). ``register_ops``
+  (``__init__.py:39-58``) wraps ``EngineArgs.create_engine_config`` so the
+  ``model_impl`` argument picks the model path
+  (``platform/__init__.py:209-256``); vLLM loads only the plugins named in
+  ``VLLM_PLUGINS`` when it is set (vLLM ``plugins/__init__.py:56-66``), so we
+  never set it and refuse a value that leaves those two out.
+- Model runner: vLLM 0.30 picks the V2 runner by default
+  (vLLM ``config/vllm.py:674-723``); the plugin raises under V2
+  (``platform/__init__.py:324-329``): ``VLLM_USE_V2_MODEL_RUNNER=0``
+  (parsed with ``bool(int(...))``, vLLM ``envs.py:348-351``).
+- Model path: ``model_impl="vllm"`` (vLLM's model code compiled by the plugin)
+  or ``"optimum"`` (optimum-rbln) (``config.py:319-324``, ``:363-448``); the
+  legacy ``VLLM_RBLN_USE_VLLM_MODEL`` is deprecated and refused when it
+  disagrees (``config.py:408-426``). The vllm path is refused on RBLN-CA*
+  (ATOM) NPUs (``config.py:327-353``); the NPU name is
+  ``rebel.get_npu_name(0)``, else ``RBLN_FORCE_NPU_NAME``/``RBLN_TARGET_SOC``
+  (``platform/__init__.py:136-161``). ``--rbln-path auto`` takes optimum on
+  RBLN-CA*, the vllm path elsewhere. The optimum path refuses tp/pp > 1
+  (``platform/optimum_impl.py:72-80``).
+- Options go in ``additional_config`` (field names of ``RBLNConfig`` /
+  ``OptimumRBLNConfig``, ``config.py:72-233``), which wins over the deprecated
+  ``VLLM_RBLN_*`` variables (``config.py:579-591``) and refuses keys the
+  path's class lacks (``config.py:569-577``): ``use_custom_sampler`` on both
+  paths, fixed decode-batch buckets on the vllm path only
+  (``config.py:122-135``; buckets built in
+  ``v1/worker/bucketing/exponential_bucketing_manager.py``: limit 1 gives
+  the single bucket ``max_num_seqs // pp``).
+- Block size: ``block_size == max_model_len`` selects normal attention
+  (``v1/attention/backends/flash_attention.py:451``); otherwise flash
+  attention partitions ``max_model_len`` into blocks, which must divide it
+  (``v1/attention/ops/triton_flash_causal_attention.py:44,286``; the optimum
+  path compiles ``kvcache_partition_len = block_size``,
+  ``model_executor/models/optimum/compilation/__init__.py:188-190``, and
+  requires a block size, ``utils/optimum/converter/from_vllm.py:91-99``).
+- Prompt logprobs are refused: on the vllm path the compiled prefill keeps
+  only the sampled positions' hidden states
+  (``v1/worker/rbln_model_runner.py:2252-2260``) while
+  ``_get_prompt_logprobs_dict`` slices them as if every prompt position were
+  there (``:2418-2419``; ``TODO: Support prompt logprobs`` at ``:969``).
+- Host-side logits (``--rbln-host-logits``): ``VLLM_RBLN_USE_DEVICE_TENSOR=0``
+  (``envs.py:264-273``, only an environment variable in 0.12, read when the
+  path is applied, ``platform/__init__.py:429``; vllm path only).
+- Compile cache: left on (keyed by the config and the compile variables,
+  ``envs.py:381-392``, ``config.py:145-164``); ``--rbln-fresh-compile`` sets
+  ``VLLM_DISABLE_COMPILE_CACHE=1``, which only the vllm path reads
+  (``compilation/compiler.py:134``, ``v1/worker/mega_cache.py:184,208``).
+- Async scheduling off: the plugin calls it unstable with the in-process
+  (uni) executor (``platform/vllm_impl.py:340-350``) and the optimum path
+  turns it off anyway (``platform/optimum_impl.py:63-70``).
+- Warm-up stays on (``VLLM_RBLN_ENABLE_WARM_UP`` unset): 0.12's warm-up never
+  requests logprobs (``v1/worker/rbln_model_runner.py:2665,3490``), and turning
+  it off moves compilation into the first requests and stops the KV cache
+  being sized from the compiled model (``v1/worker/utils.py:378-384``,
+  ``v1/worker/rbln_worker.py:512``).
 """
 
 from __future__ import annotations
 
-from parity.errors import DeviceUnavailableError
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from parity.errors import DeviceUnavailableError, UsageError
 
 from .base import DeviceProfile, EngineOptions, module_available
 
-DEFAULT_BLOCK_SIZE = 8192  # the legacy tool's --block-size-rbln
+if TYPE_CHECKING:
+    from schemas import Request
+
+PATH_AUTO = "auto"
+PATH_VLLM = "vllm-model"
+PATH_OPTIMUM = "optimum"
+PATHS = (PATH_AUTO, PATH_VLLM, PATH_OPTIMUM)
+# The plugin's names for the two paths (config.py:319-324).
+MODEL_IMPL = {PATH_VLLM: "vllm", PATH_OPTIMUM: "optimum"}
+
+CA_PREFIX = "RBLN-CA"  # platform/__init__.py:54
+NPU_NAME_ENV = ("RBLN_FORCE_NPU_NAME", "RBLN_TARGET_SOC")  # platform/__init__.py:140-143
+# Entry points the plugin needs loaded (entry_points.txt); rbln_new_models is a no-op in 0.12.
+REQUIRED_PLUGINS = ("rbln", "rbln_custom_ops")
+
+
+@dataclass(frozen=True)
+class PathChoice:
+    path: str               # vllm-model | optimum
+    requested: str          # what --rbln-path said
+    npu_name: str | None
+    npu_source: str | None  # where the name was read
+    decided_here: bool      # False: auto without an NPU name; the NPU host decides again
+
+
+def npu_name() -> tuple[str | None, str | None]:
+    """The NPU name the plugin will see, read the way it reads it, or (None, None)."""
+    try:
+        import rebel
+
+        name = rebel.get_npu_name(0)
+        if name:
+            return str(name), "rebel.get_npu_name(0)"
+    except Exception:  # noqa: BLE001 - no runtime or no NPU here: fall back like the plugin does
+        pass
+    for var in NPU_NAME_ENV:
+        if os.environ.get(var):
+            return os.environ[var], var
+    return None, None
+
+
+def is_ca(name: str | None) -> bool:
+    return bool(name) and name.strip().upper().startswith(CA_PREFIX)
+
+
+def choose_path(opts: EngineOptions) -> PathChoice:
+    if opts.rbln_path not in PATHS:
+        raise UsageError(f"--rbln-path must be one of {', '.join(PATHS)}, not {opts.rbln_path!r}")
+    name, source = npu_name()
+    if opts.rbln_path != PATH_AUTO:
+        return PathChoice(opts.rbln_path, opts.rbln_path, name, source, True)
+    if name is None:
+        return PathChoice(PATH_VLLM, PATH_AUTO, None, None, False)
+    return PathChoice(PATH_OPTIMUM if is_ca(name) else PATH_VLLM, PATH_AUTO, name, source, True)
+
+
+def block_size(opts: EngineOptions) -> int:
+    return opts.max_model_len if opts.block_size is None else opts.block_size
 
 
 class RblnProfile(DeviceProfile):
     name = "rbln"
     prompt_logprobs_default = False
     install_hint = (
-        "on an NPU host: pip install 'parity[rbln]' --extra-index-url <Rebellions package index> "
-        "(vllm-rbln and rebel-compiler)"
+        "on an NPU host: pip install 'parity[rbln]' --extra-index-url <Rebellions package index>, "
+        "which installs vllm-rbln with its runtime rebel-compiler"
     )
-    packages = ("vllm-rbln", "rebel-compiler", "vllm", "torch")
+    packages = ("vllm-rbln", "vllm", "torch", "torch-rbln", "optimum-rbln", "rebel-compiler")
 
     def check_available(self) -> None:
         missing = [m for m in ("vllm_rbln", "rebel") if not module_available(m)]
         if missing:
             raise DeviceUnavailableError(
-                f"device 'rbln' needs the vllm-rbln plugin and rebel-compiler ({', '.join(missing)} not importable)",
+                f"device 'rbln' needs the vllm-rbln plugin and its runtime rebel-compiler "
+                f"({', '.join(missing)} not importable)",
                 hint=self.install_hint,
             )
+        allowed = os.environ.get("VLLM_PLUGINS")
+        if allowed is not None:
+            absent = [p for p in REQUIRED_PLUGINS if p not in allowed.split(",")]
+            if absent:
+                raise DeviceUnavailableError(
+                    f"VLLM_PLUGINS={allowed} keeps vllm-rbln's {', '.join(absent)} plugin from loading",
+                    hint="unset VLLM_PLUGINS (vLLM then loads every installed plugin)",
+                )
+
+    def validate(self, opts: EngineOptions, request: "Request") -> None:
+        bs, mml = block_size(opts), opts.max_model_len
+        if bs < 1 or (bs != mml and mml % bs):
+            divisor = next((d for d in range(mml // 2, 0, -1) if mml % d == 0), None)
+            hint = "omit --block-size (it defaults to --max-model-len)" + (
+                f" or pass a divisor of {mml} such as {divisor}" if divisor else "")
+            raise UsageError(
+                f"--block-size {bs} does not fit --max-model-len {mml}: vllm-rbln needs the block size "
+                "equal to max_model_len or a divisor of it", hint=hint)
+        if request.prompt_logprobs:
+            raise UsageError(
+                "--prompt-logprobs is not supported on --device rbln: vllm-rbln 0.12 computes prompt rows "
+                "from the wrong hidden states (v1/worker/rbln_model_runner.py:2252-2260, 2418-2419)",
+                hint="drop --prompt-logprobs; generated positions are recorded",
+            )
+        choice = choose_path(opts)
+        if choice.path == PATH_VLLM and is_ca(choice.npu_name):
+            raise UsageError(
+                f"vllm-rbln refuses the vllm-model path on {choice.npu_name} (read from {choice.npu_source})",
+                hint="use --rbln-path optimum or auto",
+            )
+        if choice.path == PATH_OPTIMUM:
+            if opts.tp > 1 or opts.pp > 1:
+                raise UsageError(
+                    f"the optimum path of vllm-rbln runs with --tp 1 and --pp 1 only (got --tp {opts.tp} --pp {opts.pp})"
+                    + (f"; auto chose it for {choice.npu_name}" if choice.requested == PATH_AUTO else ""),
+                    hint="drop --tp/--pp, or use --rbln-path vllm-model on an NPU that allows it",
+                )
+            if opts.rbln_fresh_compile:
+                raise UsageError(
+                    "--rbln-fresh-compile works on the vllm-model path only: the optimum path caches compiled "
+                    "models under VLLM_CACHE_ROOT/compiled_models whatever VLLM_DISABLE_COMPILE_CACHE says",
+                    hint="point VLLM_CACHE_ROOT at an empty directory instead",
+                )
+        if choice.path == PATH_VLLM and opts.pp > 1 and opts.batch < opts.pp:
+            # platform/vllm_impl.py:151-159: the per-stage decode batch is max_num_seqs // pp.
+            raise UsageError(f"--pp {opts.pp} needs --batch {opts.pp} or more on rbln (got --batch {opts.batch})")
+        if opts.rbln_fresh_compile and os.environ.get("VLLM_RBLN_COMPILE_ONLY", "").lower() in ("1", "true"):
+            raise UsageError("--rbln-fresh-compile cannot be combined with VLLM_RBLN_COMPILE_ONLY=1 "
+                             "(compile-only writes its artifacts to the compile cache)")
+        legacy = os.environ.get("VLLM_RBLN_USE_VLLM_MODEL")
+        if legacy is not None:
+            legacy_path = PATH_VLLM if legacy.lower() in ("1", "true") else PATH_OPTIMUM
+            if legacy_path != choice.path:
+                raise UsageError(
+                    f"VLLM_RBLN_USE_VLLM_MODEL={legacy} selects the {legacy_path} path and this run the "
+                    f"{choice.path} path; vllm-rbln refuses the disagreement",
+                    hint="unset VLLM_RBLN_USE_VLLM_MODEL (deprecated; the path is chosen with --rbln-path)",
+                )
+
+    def plan_details(self, opts: EngineOptions) -> dict:
+        choice = choose_path(opts)
+        details = {
+            "path": choice.path,
+            "path_requested": choice.requested,
+            "npu_name": choice.npu_name,
+            "npu_name_source": choice.npu_source,
+            "path_decided_here": choice.decided_here,
+            "block_size": block_size(opts),
+            "host_logits": opts.rbln_host_logits,
+            "fresh_compile": opts.rbln_fresh_compile,
+        }
+        if not choice.decided_here:
+            details["note"] = (
+                "no NPU name here (rebel.get_npu_name(0), RBLN_FORCE_NPU_NAME, RBLN_TARGET_SOC): the NPU host "
+                "decides again from its NPU name: optimum on RBLN-CA*, vllm-model otherwise")
+        if opts.rbln_host_logits and choice.path == PATH_OPTIMUM:
+            details["host_logits_note"] = "the optimum path keeps logits on the host already"
+        return details
 
     def environment(self, opts: EngineOptions, *, full_vocab: bool) -> dict[str, str]:
         env = {
-            "VLLM_PLUGINS": "rbln",
+            # The plugin raises under vLLM 0.30's default V2 runner.
+            "VLLM_USE_V2_MODEL_RUNNER": "0",
+            # In-process engine core: the recorder's capture state lives in this
+            # process. The plugin needs no engine-core process; tp/pp > 1 still
+            # run the model in vLLM's worker processes.
             "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
-            "RBLN_KERNEL_MODE": "triton",
-            "VLLM_DISABLE_COMPILE_CACHE": "1",
-            # vLLM's own model implementations (not optimum-rbln's), as the legacy tool did.
-            "VLLM_RBLN_USE_VLLM_MODEL": "1",
-            "VLLM_RBLN_SAMPLER": "1",
         }
-        if full_vocab:
-            env["VLLM_RBLN_ENABLE_WARM_UP"] = "false"
-        if opts.batch > 1:
-            # One decode bucket equal to the batch keeps batch composition fixed.
-            env["VLLM_RBLN_DECODE_BATCH_BUCKET_MIN"] = str(opts.batch)
-            env["VLLM_RBLN_DECODE_BATCH_BUCKET_MAX"] = str(opts.batch)
+        path = choose_path(opts).path
+        if opts.rbln_host_logits and path == PATH_VLLM:
+            env["VLLM_RBLN_USE_DEVICE_TENSOR"] = "0"
+        if opts.rbln_fresh_compile:
+            env["VLLM_DISABLE_COMPILE_CACHE"] = "1"
         return env
 
     def engine_args(self, opts: EngineOptions) -> dict:
+        path = choose_path(opts).path
+        # Explicit, so a stray VLLM_RBLN_SAMPLER=0 cannot swap in another sampler.
+        additional: dict = {"use_custom_sampler": True}
+        if path == PATH_VLLM and opts.batch > 1:
+            # One decode bucket (max_num_seqs // pp): every decode step runs the same
+            # compiled batch shape whatever VLLM_RBLN_DECODE_BATCH_BUCKET_* say.
+            additional.update(decode_batch_bucket_strategy="exponential", decode_batch_bucket_min=1,
+                              decode_batch_bucket_limit=1)
         return {
+            "model_impl": MODEL_IMPL[path],
+            "additional_config": additional,
             "max_num_seqs": opts.batch,
-            "block_size": opts.block_size or DEFAULT_BLOCK_SIZE,
+            "block_size": block_size(opts),
             "tensor_parallel_size": opts.tp,
             "pipeline_parallel_size": opts.pp,
             "data_parallel_size": opts.dp,
             "enable_expert_parallel": opts.ep,
             "enable_prefix_caching": False,
+            "async_scheduling": False,
             "max_num_batched_tokens": opts.max_num_batched_tokens or max(opts.max_model_len, 128),
         }
