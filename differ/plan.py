@@ -21,7 +21,11 @@ def check_compatible(ref: Store, cand: Store) -> list[str]:
         )
     rt, ct = rm.request.model.tokenizer_digest, cm.request.model.tokenizer_digest
     warnings: list[str] = []
-    if rt and ct and rt != ct:
+    if rt and ct and rt != ct and min(rm.schema_version, cm.schema_version) < 2 <= max(rm.schema_version, cm.schema_version):
+        # Schema 1 digested tokenizer file bytes, schema 2 what decides ids: the
+        # two cannot be compared; the prompts' token ids below still must match.
+        warnings.append("tokenizer digests of schema 1 and 2 are not comparable: only prompt token ids are checked")
+    elif rt and ct and rt != ct:
         raise IncompatibleStoresError(f"tokenizers differ: reference {rt}, candidate {ct}")
     if not (rt and ct):
         warnings.append("tokenizer digest missing on one side: cannot confirm the tokenizers match")

@@ -54,6 +54,7 @@ class StoreSpec:
     versions: dict = field(default_factory=lambda: {"vllm": "0.0-test"})
     run: dict = field(default_factory=dict)
     finish_reasons: list[str] | None = None
+    schema_version: int | None = None  # None: the current one
 
 
 def build_manifest(spec: StoreSpec) -> Manifest:
@@ -86,6 +87,7 @@ def build_manifest(spec: StoreSpec) -> Manifest:
         created_at="2025-01-01T00:00:00Z",
         tool_version="test",
         run=dict(spec.run),
+        **({"schema_version": spec.schema_version} if spec.schema_version is not None else {}),
     )
 
 

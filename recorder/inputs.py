@@ -9,13 +9,14 @@ import json
 import logging
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import xxhash
 
 from parity.errors import ModelNotFoundError, PromptError
-from schemas.digest import canonical_json, tag
+from schemas import Request
+from schemas.digest import canonical_json, digest_bytes, tag
 
 from .presets import BUILTIN_TINY, DEFAULT_PROMPTS, PRESETS
 
@@ -26,6 +27,19 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
 TOKENIZER_FILES = (
     "tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json",
     "merges.txt", "special_tokens_map.json", "added_tokens.json",
+)
+TOKENIZER_DOMAIN = b"parity.tokenizer/2\n"
+ADDED_TOKEN_FIELDS = ("id", "content", "special", "lstrip", "rstrip", "normalized", "single_word")
+# Encoded for the digest (SPEC.md, "Tokenizer digest"): spaces at the start and
+# doubled, newlines and tabs, accents and non-Latin scripts, digits, code.
+PROBE_TEXTS = (
+    "",
+    "Hello, world! The quick brown fox jumps over the lazy dog.",
+    " leading space,  two spaces,\nnew line,\ttab and trailing space ",
+    "Caf\u00e9 na\u00efve \u00c5ngstr\u00f6m \ufb01 \u0130stanbul "
+    "\u6771\u4eac \uc11c\uc6b8 \u0645\u0631\u062d\u0628\u0627 \U0001f642",
+    "3.14159 + 2,718 = 5.85959; 10000000 x=y*z",
+    "def add(a, b):\n    return a + b  # sum\n",
 )
 
 
@@ -101,9 +115,102 @@ def weights_digest(model_dir: Path, cache_dir: Path) -> str | None:
     return digest
 
 
-def tokenizer_digest(model_dir: Path) -> str | None:
+def legacy_tokenizer_digest(model_dir: Path) -> str | None:
+    """Schema 1's tokenizer digest: the bytes of the tokenizer files (SPEC.md, "Versioning").
+
+    Kept to check goldens of schema 1 and to compute the request key they were
+    filed under; a re-saved but equivalent tokenizer does not match it.
+    """
     files = [model_dir / n for n in TOKENIZER_FILES if (model_dir / n).is_file()]
     return _digest_files(files, model_dir, b"parity.tokenizer/1\n")
+
+
+def legacy_request_key(request: Request, tokenizer_dir: Path) -> str:
+    """The request key a schema-1 golden of this request carries (its tokenizer digest was the files' bytes)."""
+    model = replace(request.model, tokenizer_digest=legacy_tokenizer_digest(tokenizer_dir))
+    return replace(request, model=model).key()
+
+
+def tokenizer_digest(tokenizer) -> str:
+    """Semantic identity of a tokenizer: what decides the token ids of a prompt, not how its files look.
+
+    Takes a loaded transformers tokenizer (or a directory, loaded here). The
+    exact definition is SPEC.md's "Tokenizer digest"; ``tokenizer_identity``
+    returns the JSON it covers.
+    """
+    if isinstance(tokenizer, (str, os.PathLike)):
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer)
+    return digest_bytes(canonical_json(tokenizer_identity(tokenizer)), TOKENIZER_DOMAIN)
+
+
+def tokenizer_identity(tokenizer) -> dict:
+    """The canonical-JSON-ready sections the tokenizer digest covers."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        spec = json.loads(backend.to_str())
+        added = [_added_token(t) for t in spec.get("added_tokens") or []]
+        identity = {
+            "kind": "tokenizers",
+            "model": _model_section(spec["model"]),
+            "normalizer": spec.get("normalizer"),
+            "pre_tokenizer": spec.get("pre_tokenizer"),
+            "post_processor": _single_sequence(spec.get("post_processor")),
+        }
+    else:
+        # Slow-only tokenizers have no serialisable pipeline: the vocabulary,
+        # added tokens and the probe encodings below are what can be observed.
+        added = [
+            _added_token({"id": i, "content": t.content, "special": t.special, "lstrip": t.lstrip,
+                          "rstrip": t.rstrip, "normalized": t.normalized, "single_word": t.single_word})
+            for i, t in getattr(tokenizer, "added_tokens_decoder", {}).items()
+        ]
+        identity = {"kind": "vocab", "vocab": dict(tokenizer.get_vocab())}
+    added.sort(key=lambda t: t["id"])
+    identity["added_tokens"] = added
+    identity["special_token_ids"] = {
+        name: getattr(tokenizer, f"{name}_token_id", None) for name in ("bos", "eos", "unk", "pad")
+    }
+    # Encoded by the call plan_recording tokenizes prompts with: this is how
+    # add_bos_token/add_eos_token, split_special_tokens and any other
+    # transformers-level step enter the digest as they are applied, not as
+    # configured. The probe set depends only on covered data (added tokens).
+    # verbose=False: the added-token probe may exceed model_max_length, which
+    # only warns (nothing is truncated).
+    probes = [*PROBE_TEXTS, "".join(f"{t['content']} x" for t in added)]
+    identity["encodings"] = [[int(i) for i in tokenizer(text, verbose=False)["input_ids"]] for text in probes]
+    return identity
+
+
+def _added_token(t: dict) -> dict:
+    # Only the fields that change matching; a newer tokenizers may add others.
+    return {k: t.get(k) for k in ADDED_TOKEN_FIELDS}
+
+
+def _single_sequence(processor):
+    # Prompts are encoded one at a time, so a template's "pair" form never
+    # applies; transformers also rewrites it when it rebuilds the template
+    # from add_bos_token/add_eos_token.
+    if not isinstance(processor, dict):
+        return processor
+    out = {k: v for k, v in processor.items() if not (k == "pair" and processor.get("type") == "TemplateProcessing")}
+    if isinstance(out.get("processors"), list):
+        out["processors"] = [_single_sequence(p) for p in out["processors"]]
+    return out
+
+
+def _model_section(model: dict) -> dict:
+    # Options at null/false are dropped: newer tokenizers releases serialise
+    # options they added (e.g. BPE's ignore_merges) at their off value, which
+    # older releases simply omit, and an NPU host pins an older transformers
+    # than the CPU host. Behaviour the options change is still in "encodings".
+    model = {k: v for k, v in model.items() if v is not None and v is not False}
+    merges = model.get("merges")
+    if isinstance(merges, list):
+        # tokenizers < 0.20 writes a merge as "a b", newer versions as ["a", "b"].
+        model["merges"] = [m.split(" ") if isinstance(m, str) else list(m) for m in merges]
+    return model
 
 
 def load_prompts(

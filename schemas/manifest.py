@@ -14,7 +14,8 @@ from parity.errors import NotAStoreError, SchemaVersionError
 from .digest import request_key
 
 FORMAT = "parity.store"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # what writers write
+OLDEST_SCHEMA_VERSION = 1  # readers open every version from this one up (SPEC.md, "Versioning")
 
 
 def _require(d: dict, key: str, kind, where: str):
@@ -236,6 +237,8 @@ class Manifest:
         version = d.get("schema_version")
         if not isinstance(version, int):
             raise NotAStoreError("manifest has no schema_version")
+        if version < OLDEST_SCHEMA_VERSION:
+            raise NotAStoreError(f"manifest has an unknown schema_version {version}")
         if version > SCHEMA_VERSION:
             raise SchemaVersionError(
                 f"store has schema_version {version}; this parity reads up to {SCHEMA_VERSION}"

@@ -94,6 +94,18 @@ def test_tokenizer_mismatch_is_an_error_weights_a_warning(make_store, rng):
     assert "weights digest" in differ.render_text(report, color=False)
 
 
+def test_tokenizer_digests_of_schema_1_and_2_are_not_compared(make_store, rng):
+    # Schema 1 digested tokenizer file bytes, schema 2 what decides the ids.
+    a, b = pair_rows(rng, 5)
+    old, _ = make_store([a], tokenizer_digest="file-bytes", schema_version=1)
+    new, _ = make_store([b], tokenizer_digest="semantic")
+    report = differ.diff(old, new)
+    assert any("schema 1 and 2" in w for w in report.warnings)
+    # Prompt token ids are still compared exactly.
+    other, _ = make_store([b], tokenizer_digest="semantic", prompts=[[9, 9, 9]])
+    raises_one_line(IncompatibleStoresError, lambda: differ.diff(old, other), "prompt token ids differ")
+
+
 def _chunk_file(store_path):
     files = sorted(p for p in (store_path / "logprobs" / "c").rglob("*") if p.is_file())
     assert files, "expected chunk files under logprobs/c"

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 import socket
+import subprocess
+import sys
 
 import httpx2
 import pytest
@@ -397,3 +399,61 @@ def test_transient_upload_failure_is_retried(hub, stores):
     hub.server.fail_next = [0, 0, 0, 0, 503]
     result = goldens.push(stores(), REPO, **hub.kw)
     assert result.uploaded and goldens.pull(result.ref, **hub.kw).is_dir()
+
+
+def test_record_golden_repo_finds_a_schema_1_golden_by_its_file_byte_key(hub, tiny_model, tmp_path):
+    """`record --golden ORG/NAME` on a model whose tokenizer files match a schema-1 golden's."""
+    import dataclasses
+    import shutil
+
+    import numpy as np
+
+    from recorder import EngineOptions, RecordConfig
+    from recorder.inputs import legacy_tokenizer_digest
+    from recorder.record import plan_recording
+    from schemas.manifest import Device, Manifest, SequenceInfo
+    from schemas.store import StoreWriter
+
+    cfg = RecordConfig(model=str(tiny_model), prompts=["Hello"], max_tokens=2, out=tmp_path / "out",
+                       engine=EngineOptions(max_model_len=64))
+    request = plan_recording(cfg, check_out=False).request
+    v1_request = dataclasses.replace(request, model=dataclasses.replace(
+        request.model, tokenizer_digest=legacy_tokenizer_digest(tiny_model)))
+    prompt = list(request.prompts[0])
+    vocab = 4096
+    rows = np.log(np.full((2, vocab), 1 / vocab, dtype=np.float32))
+    with StoreWriter(tmp_path / "v1", vocab_size=vocab) as w:
+        w.append_rows("generated", 0, rows)
+        if request.prompt_logprobs and len(prompt) > 1:
+            w.append_rows("prompt", 0, np.log(np.full((len(prompt) - 1, vocab), 1 / vocab, dtype=np.float32)))
+        path, golden = w.commit(Manifest(
+            request=v1_request, device=Device(kind="cpu"), vocab_size=vocab,
+            sequences=(SequenceInfo(0, len(prompt), 2, "length"),), arrays={},
+            created_at="2025-01-01T00:00:00+00:00", tool_version="old", schema_version=1,
+        ), [prompt + [5, 6]])
+    assert golden.request_key != request.key()  # the v1 key is not the v2 one
+    goldens.push(path, REPO, **hub.kw)
+
+    # A fresh process: huggingface_hub reads HF_ENDPOINT (the loopback Hub) when it is imported.
+    def lookup(model):
+        script = ("import sys; from pathlib import Path; from recorder import RecordConfig, EngineOptions; "
+                  "from recorder.follow import resolve_golden; "
+                  "cfg = RecordConfig(model=sys.argv[1], prompts=['Hello'], max_tokens=2, "
+                  "engine=EngineOptions(max_model_len=64)); "
+                  "path, notes = resolve_golden(cfg, sys.argv[2]); print(path); print(*notes, sep='\\n')")
+        return subprocess.run([sys.executable, "-c", script, str(model), REPO], capture_output=True, text=True,
+                              timeout=300)
+
+    found = lookup(tiny_model)
+    assert found.returncode == 0, found.stderr
+    path_line, *notes = found.stdout.strip().splitlines()
+    assert Store.open(path_line).manifest.digest == golden.digest
+    assert any("schema-1 golden" in n for n in notes)
+
+    # A re-saved copy whose tokenizer files differ in bytes cannot be matched to a schema-1 key.
+    copy = tmp_path / "resaved"
+    shutil.copytree(tiny_model, copy)
+    config = copy / "tokenizer_config.json"
+    config.write_text(config.read_text() + "\n")
+    missing = lookup(copy)
+    assert missing.returncode != 0 and "GoldenNotFoundError" in missing.stderr

@@ -10,8 +10,8 @@ import pytest
 
 from parity.errors import NotAStoreError, SchemaVersionError, StoreCorruptError, StoreNotFoundError
 from schemas import (
-    GENERATED, PROMPT, Device, Manifest, ModelRef, Request, SequenceInfo, Store, StoreWriter, canonical_json,
-    hash_array,
+    GENERATED, PROMPT, SCHEMA_VERSION, Device, Manifest, ModelRef, Request, SequenceInfo, Store, StoreWriter,
+    canonical_json, hash_array,
 )
 from schemas.digest import parse_tagged
 from schemas.store import ATTR_KEY
@@ -21,7 +21,11 @@ V = 64
 # Pinned: a change to canonical JSON, the digest domains, the array hashing or
 # the manifest layout changes this value. Such a change needs a new
 # schema_version and a line in SPEC.md, then a new pin.
-PINNED_DIGEST = "xxh3-128:cb1c5a115895fd745afc1c914cf58c62"
+PINNED_DIGEST = "xxh3-128:abef8b8b11c8fee562a657634a48496a"
+# The same store written as schema 1: the pin parity wrote before version 2
+# (only the tokenizer digest's definition changed, and schema_version is in
+# the manifest), so version-1 stores on disk and on the Hub keep verifying.
+PINNED_DIGEST_V1 = "xxh3-128:cb1c5a115895fd745afc1c914cf58c62"
 
 
 def deterministic_rows(n: int, offset: int = 0) -> np.ndarray:
@@ -31,7 +35,7 @@ def deterministic_rows(n: int, offset: int = 0) -> np.ndarray:
     return (logits - lse).astype(np.float32)
 
 
-def deterministic_manifest(prompts=((1, 2, 3), (4, 5))) -> Manifest:
+def deterministic_manifest(prompts=((1, 2, 3), (4, 5)), schema_version: int = SCHEMA_VERSION) -> Manifest:
     request = Request(
         model=ModelRef(id="pinned", weights_digest="xxh3-128:" + "a" * 32, tokenizer_digest="xxh3-128:" + "b" * 32),
         prompts=prompts, max_tokens=3, logprobs=-1, prompt_logprobs=True, dtype="float32",
@@ -40,11 +44,11 @@ def deterministic_manifest(prompts=((1, 2, 3), (4, 5))) -> Manifest:
     return Manifest(
         request=request, device=Device(kind="cpu", versions={"vllm": "0"}), vocab_size=V,
         sequences=(SequenceInfo(0, 3, 3, "length"), SequenceInfo(1, 2, 2, "stop")), arrays={},
-        created_at="2026-01-01T00:00:00+00:00", tool_version="0.0.0",
+        created_at="2026-01-01T00:00:00+00:00", tool_version="0.0.0", schema_version=schema_version,
     )
 
 
-def write_deterministic(out, interleave: bool = False):
+def write_deterministic(out, interleave: bool = False, schema_version: int = SCHEMA_VERSION):
     with StoreWriter(out, vocab_size=V) as w:
         if interleave:
             w.append_rows(GENERATED, 0, deterministic_rows(1, 0))
@@ -55,13 +59,24 @@ def write_deterministic(out, interleave: bool = False):
             w.append_rows(GENERATED, 1, deterministic_rows(2, 3))
         w.append_rows(PROMPT, 0, deterministic_rows(2, 10))
         w.append_rows(PROMPT, 1, deterministic_rows(1, 12))
-        return w.commit(deterministic_manifest(), [[1, 2, 3, 7, 8, 9], [4, 5, 6, 6]])
+        return w.commit(deterministic_manifest(schema_version=schema_version), [[1, 2, 3, 7, 8, 9], [4, 5, 6, 6]])
 
 
 def test_known_digest_is_pinned(tmp_path):
     path, manifest = write_deterministic(tmp_path)
+    assert SCHEMA_VERSION == 2
     assert manifest.digest == PINNED_DIGEST
     assert path.name == parse_tagged(PINNED_DIGEST)[:24] + ".parity.zarr"
+    assert Store.open(path).manifest.schema_version == 2
+
+
+def test_version_1_store_still_opens_and_verifies(tmp_path):
+    path, manifest = write_deterministic(tmp_path, schema_version=1)
+    assert manifest.digest == PINNED_DIGEST_V1  # what parity wrote under schema 1
+    store = Store.open(path)
+    assert store.manifest.schema_version == 1
+    assert store.verify().digest == PINNED_DIGEST_V1
+    np.testing.assert_array_equal(store.sequence_rows(GENERATED, 0), deterministic_rows(3, 0))
 
 
 def test_round_trip_reads_back_what_was_written(tmp_path):
@@ -135,9 +150,18 @@ def test_missing_chunk_file_is_a_truncated_store(tmp_path):
 def test_newer_schema_version_is_refused(tmp_path):
     path, _ = write_deterministic(tmp_path)
     meta = json.loads((path / "zarr.json").read_text())
-    meta["attributes"][ATTR_KEY]["schema_version"] = 99
+    meta["attributes"][ATTR_KEY]["schema_version"] = 3
     (path / "zarr.json").write_text(json.dumps(meta))
-    with pytest.raises(SchemaVersionError):
+    with pytest.raises(SchemaVersionError, match="reads up to 2"):
+        Store.open(path)
+
+
+def test_schema_version_below_1_is_not_a_store(tmp_path):
+    path, _ = write_deterministic(tmp_path)
+    meta = json.loads((path / "zarr.json").read_text())
+    meta["attributes"][ATTR_KEY]["schema_version"] = 0
+    (path / "zarr.json").write_text(json.dumps(meta))
+    with pytest.raises(NotAStoreError, match="schema_version 0"):
         Store.open(path)
 
 
