@@ -22,12 +22,11 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import ray
 
-ray = pytest.importorskip("ray")
-
-from recorder.rows import EngineRows  # noqa: E402
-from recorder.sink import WriterSpec  # noqa: E402
-from schemas import GENERATED, Device, Manifest, ModelRef, Request, SequenceInfo, Store  # noqa: E402
+from recorder.rows import EngineRows
+from recorder.sink import WriterSpec
+from schemas import GENERATED, Device, Manifest, ModelRef, Request, SequenceInfo, Store
 
 pytestmark = pytest.mark.engine
 

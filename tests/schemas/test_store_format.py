@@ -147,21 +147,16 @@ def test_missing_chunk_file_is_a_truncated_store(tmp_path):
         Store.open(path)
 
 
-def test_newer_schema_version_is_refused(tmp_path):
+@pytest.mark.parametrize("version,error,message", [
+    (3, SchemaVersionError, "reads up to 2"),     # newer than this reader
+    (0, NotAStoreError, "schema_version 0"),      # below the first version
+])
+def test_schema_versions_this_reader_does_not_know_are_refused(tmp_path, version, error, message):
     path, _ = write_deterministic(tmp_path)
     meta = json.loads((path / "zarr.json").read_text())
-    meta["attributes"][ATTR_KEY]["schema_version"] = 3
+    meta["attributes"][ATTR_KEY]["schema_version"] = version
     (path / "zarr.json").write_text(json.dumps(meta))
-    with pytest.raises(SchemaVersionError, match="reads up to 2"):
-        Store.open(path)
-
-
-def test_schema_version_below_1_is_not_a_store(tmp_path):
-    path, _ = write_deterministic(tmp_path)
-    meta = json.loads((path / "zarr.json").read_text())
-    meta["attributes"][ATTR_KEY]["schema_version"] = 0
-    (path / "zarr.json").write_text(json.dumps(meta))
-    with pytest.raises(NotAStoreError, match="schema_version 0"):
+    with pytest.raises(error, match=message):
         Store.open(path)
 
 
