@@ -76,23 +76,30 @@ class CaptureProcessor(LogitsProcessor):
         if not batch_update:
             return
         for index in batch_update.removed:
-            entry = self.rows.pop(index, None)
-            if entry is not None and STATE.sink is not None:
-                # Lets the writer release the sequence's buffers as soon as it leaves the batch.
-                STATE.sink.finished(entry[0])
+            self._leave(self.rows.pop(index, None))
         for index, params, _prompt, output_ids in batch_update.added:
+            # vLLM reuses a removed request's index without listing it in "removed".
+            self._leave(self.rows.pop(index, None))
             seq = _seq_of(params)
-            if seq is None:
-                self.rows.pop(index, None)
-            else:
+            if seq is not None:
                 self.rows[index] = (seq, output_ids)
         for a, b, direction in batch_update.moved:
             entry_a = self.rows.pop(a, None)
             entry_b = self.rows.pop(b, None)
             if entry_a is not None:
                 self.rows[b] = entry_a
-            if entry_b is not None and direction == MoveDirectionality.SWAP:
-                self.rows[a] = entry_b
+            if direction == MoveDirectionality.SWAP:
+                if entry_b is not None:
+                    self.rows[a] = entry_b
+            else:
+                # A one-way move fills b, the hole a removed request left (not listed in "removed").
+                self._leave(entry_b)
+
+    @staticmethod
+    def _leave(entry: tuple[int, list[int]] | None) -> None:
+        if entry is not None and STATE.sink is not None:
+            # Lets the writer release the sequence's buffers as soon as it leaves the batch.
+            STATE.sink.finished(entry[0])
 
     def apply(self, logits: torch.Tensor) -> torch.Tensor:
         if not self.rows:

@@ -478,6 +478,9 @@ def _start_engine(cfg: RecordConfig, profile, model_path: Path, tokenizer: str |
 
     from . import capture as cap
 
+    from .vllm_compat import close_message_queues_on_collect
+
+    close_message_queues_on_collect()
     kwargs = _engine_kwargs(cfg, profile, model_path, tokenizer)
     debug = settings().debug
     if not debug:
