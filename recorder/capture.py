@@ -33,7 +33,6 @@ import logging
 import os
 from typing import Callable
 
-import numpy as np
 import torch
 from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor, MoveDirectionality
 
@@ -208,6 +207,30 @@ def _on_prompt_rows(seq: int, start: int, logprobs: torch.Tensor) -> None:
         STATE.sink.prompt(seq, start, *tensor_rows(logprobs, STATE.topn, copy=True))
 
 
+def _parity_errors_as_answers(endpoint):
+    """A ParityError in a worker comes back as an answer, re-raised as itself by the recorder (rows.py).
+
+    Executors wrap a worker's exception in their own (the CLI would lose the
+    one-line message and its hint); a plain dict crosses every executor.
+    """
+    import functools
+
+    from parity.errors import ParityError
+
+    @functools.wraps(endpoint)
+    def wrapper(*args, **kwargs):
+        try:
+            return endpoint(*args, **kwargs)
+        except ParityError as e:
+            return {PARITY_ERROR: type(e).__name__, "message": str(e), "hint": e.hint}
+
+    return wrapper
+
+
+PARITY_ERROR = "parity_error"
+
+
+@_parity_errors_as_answers
 def configure(worker, spec: WriterSpec | None, forced: dict[int, list[int]], topn: int | None,
               prompt_rows: bool, recorder_pid: int) -> dict | None:
     """Every worker forces the trajectories; the output worker also opens the row sink.
@@ -263,6 +286,7 @@ def prompt_rows_ok(worker) -> bool | None:
     return prompt_capture_ok(worker) if STATE.sink is not None else None
 
 
+@_parity_errors_as_answers
 def commit(worker, manifest, token_ids: list[list[int]]):
     """Publishes the store on the output worker: (path as str, manifest with digests)."""
     if STATE.sink is None:

@@ -1,10 +1,12 @@
 """`record`: run one device through vLLM and write a parity store.
 
 Flow: validate everything that can be validated without the engine (model,
-prompts, output directory, device, lengths), start the engine in-process,
-stream every captured row into a StoreWriter, then commit the store under its
-content-addressed name. Anything that goes wrong before commit leaves only a
-hidden temporary directory, which is removed on the way out.
+prompts, output directory, device, lengths), start the engine, open the row
+sink where the sampler runs (this process, or vLLM's output worker: see
+capture.py and rows.py), stream every captured row into its store writer,
+then commit the store under its content-addressed name. Anything that goes
+wrong before commit leaves only a hidden temporary directory, which is
+removed on the way out.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import numpy as np
 import parity
 from parity.errors import EngineError, GoldenMismatchError, OutputNotWritableError, PromptError, UsageError
 from parity.settings import recorded_env, settings
-from schemas import Device, Manifest, ModelRef, Request, SequenceInfo, Store, StoreWriter
+from schemas import Device, Manifest, ModelRef, Request, SequenceInfo, Store
 from schemas.store import GENERATED, PROMPT
 
 from .devices import EngineOptions, get_profile
@@ -228,12 +230,10 @@ def plan_recording(cfg: RecordConfig, *, check_out: bool = True) -> Plan:
 def record(cfg: RecordConfig, progress: Callable[[Progress], None] | None = None) -> RecordResult:
     """Records one store; returns its path, manifest and timings."""
     plan = plan_recording(cfg)
-    profile, model, tokenizer, request = plan.profile, plan.model, plan.tokenizer, plan.request
-    prompt_ids, prompt_texts, trajectories, golden_store = plan.prompt_ids, plan.prompt_texts, plan.trajectories, plan.golden
-    prompt_logprobs, topn = request.prompt_logprobs, plan.topn
+    profile, model, golden_store = plan.profile, plan.model, plan.golden
 
     hf = getattr(profile, "runner", "vllm") == "hf"
-    os.environ.update(profile.environment(cfg.engine, full_vocab=topn is None))
+    os.environ.update(profile.environment(cfg.engine, full_vocab=plan.topn is None))
     t_start = time.perf_counter()
     llm = None
     if hf:

@@ -64,6 +64,7 @@ class EngineRows:
 
         answers = _answers(llm.collective_rpc(capture.configure,
                                               args=(spec, forced, topn, prompt_rows, os.getpid())))
+        _raise_parity_error(answers)
         if len(answers) != 1:
             # Every worker answered "not the output rank" (or several did): rows would be lost or doubled.
             _call_all(llm, capture.abort)
@@ -108,6 +109,7 @@ class EngineRows:
 
     def _one(self, fn, *args):
         answers = _answers(self.llm.collective_rpc(fn, args=args))
+        _raise_parity_error(answers)
         if len(answers) != 1:
             raise EngineError(f"expected one answer from the output worker, got {len(answers)}")
         return answers[0]
@@ -115,6 +117,19 @@ class EngineRows:
 
 def _answers(results) -> list:
     return [r for r in results if r is not None]
+
+
+def _raise_parity_error(answers: list) -> None:
+    from parity import errors
+
+    from .capture import PARITY_ERROR
+
+    for answer in answers:
+        if isinstance(answer, dict) and PARITY_ERROR in answer:
+            cls = getattr(errors, answer[PARITY_ERROR], None)
+            if not (isinstance(cls, type) and issubclass(cls, errors.ParityError)):
+                cls = EngineError
+            raise cls(answer["message"], hint=answer.get("hint"))
 
 
 def _call_all(llm, fn, timeout: float | None = None) -> None:

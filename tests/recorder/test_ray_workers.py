@@ -159,17 +159,30 @@ def test_rows_are_written_by_the_output_actor_and_forcing_reaches_every_rank(loc
         ray.kill(a)
 
 
-def test_an_aborted_worker_recording_leaves_nothing(local_ray, tmp_path):
+def test_a_failed_or_aborted_worker_recording_leaves_nothing(local_ray, tmp_path):
     import cloudpickle
     from vllm.v1.executor.ray_utils import RayWorkerWrapper
+
+    from parity.errors import StoreCorruptError
 
     actors = [ray.remote(num_cpus=1)(RayWorkerWrapper).remote(rpc_rank=0)]
     ray.get(actors[0].execute_method.remote(cloudpickle.dumps(_init_rank), 0, 1, _free_port(), 1, 1))
     llm = _executor_rpc(actors)
     spec = WriterSpec(out=str(tmp_path), vocab_size=VOCAB, topn=None, num_seqs=1, total=STEPS)
+
+    # The manifest claims STEPS rows, the actor captured 2: the worker's commit
+    # refuses, and the recorder gets parity's own error (not Ray's wrapper of it).
     rows = EngineRows.open(llm, spec, {}, None, False)
     ray.get(actors[0].execute_method.remote(cloudpickle.dumps(_decode), {0: 0}, 2))
     assert any(p.name.startswith(".parity-tmp-") for p in tmp_path.iterdir())
+    with pytest.raises(StoreCorruptError, match="captured") as err:
+        rows.commit(_manifest(1, {}), [[1, 2, 0, 0, 0, 0, 0]])
+    assert err.value.hint and "PARITY_DEBUG" in err.value.hint
+    rows.abort()
+    assert list(tmp_path.iterdir()) == []
+
+    rows = EngineRows.open(llm, spec, {}, None, False)
+    ray.get(actors[0].execute_method.remote(cloudpickle.dumps(_decode), {0: 0}, 2))
     rows.abort()
     assert list(tmp_path.iterdir()) == []
     ray.kill(actors[0])
