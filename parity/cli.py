@@ -86,10 +86,6 @@ def record(
     sink = Output(progress=not settings().no_progress)
     if batch < 1 or tp < 1 or pp < 1 or dp < 1:
         raise UsageError("--batch, --tp, --pp and --dp must be at least 1")
-    if block_size is not None and block_size < 1:
-        raise UsageError("--block-size must be at least 1")
-    if device != "rbln" and (rbln_path != "auto" or rbln_host_logits or rbln_fresh_compile):
-        raise UsageError(f"--rbln-path, --rbln-host-logits and --rbln-fresh-compile apply to --device rbln, not {device!r}")
     cfg = RecordConfig(
         model=model, device=device, prompts=prompts, prompts_file=prompts_file, num_prompts=num_prompts,
         max_tokens=max_tokens, logprobs=logprobs, prompt_logprobs=prompt_logprobs, out=out,

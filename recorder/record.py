@@ -149,6 +149,12 @@ def plan_recording(cfg: RecordConfig, *, check_out: bool = True) -> Plan:
         # vLLM's offline LLM() raises for data_parallel_size > 1 (vllm/entrypoints/llm.py:282-294 in 0.32).
         raise UsageError(f"--dp {cfg.engine.dp}: vLLM's offline LLM() refuses data_parallel_size > 1",
                          hint="run one recording per replica, each with --dp 1")
+    if cfg.engine.block_size is not None and cfg.engine.block_size < 1:
+        raise UsageError("--block-size must be at least 1")
+    if cfg.device != "rbln" and (cfg.engine.rbln_path != "auto" or cfg.engine.rbln_host_logits
+                                 or cfg.engine.rbln_fresh_compile):
+        raise UsageError(f"--rbln-path, --rbln-host-logits and --rbln-fresh-compile apply to --device rbln, "
+                         f"not {cfg.device!r}")
     if cfg.engine.executor not in EXECUTORS:
         raise UsageError(f"--distributed-executor-backend must be one of {', '.join(e for e in EXECUTORS if e)}, "
                          f"not {cfg.engine.executor!r}")
