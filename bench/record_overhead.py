@@ -10,6 +10,8 @@ Prints, for a tiny local Llama with a 32,000-token vocabulary:
 - bytes per stored logit (target <= 3.4).
 
 Usage: python bench/record_overhead.py [--prompts 4] [--tokens 128] [--repeat 5]
+       python bench/record_overhead.py --tp 2    # multi-worker engines only: rows
+                                                 # captured and written in the output worker
 
 Two-core machines are noisy (the same run varies by 1.5x): the ratios use the
 best of each mode, and the median of the ratios of runs taken back to back is
@@ -43,12 +45,18 @@ def _env(cache: Path) -> None:
 
 
 def plain_generation(model: Path, prompts: list[str], tokens: int, public_logprobs: bool = False,
-                     max_num_seqs: int | None = None) -> float:
+                     max_num_seqs: int | None = None, tp: int = 1) -> float:
     from vllm import LLM, SamplingParams
 
     extra = {"max_logprobs": -1} if public_logprobs else {}
     if max_num_seqs:
         extra["max_num_seqs"] = max_num_seqs
+    if tp > 1:
+        from recorder import EngineOptions, get_profile
+
+        # The thread binding the recorder uses, so both sides run alike.
+        os.environ.update(get_profile("cpu").environment(EngineOptions(tp=tp), full_vocab=True))
+        extra["tensor_parallel_size"] = tp
     llm = LLM(model=str(model), enforce_eager=True, max_model_len=1024, dtype="float32", seed=0, **extra)
     params = SamplingParams(temperature=0.0, max_tokens=tokens, ignore_eos=True,
                             logprobs=-1 if public_logprobs else None)
@@ -62,11 +70,12 @@ def plain_generation(model: Path, prompts: list[str], tokens: int, public_logpro
 
 
 def recorded_generation(model: Path, prompts: list[str], tokens: int, out: Path, prompt_logprobs: bool,
-                        batch: int = 1):
+                        batch: int = 1, tp: int = 1):
     from recorder import EngineOptions, RecordConfig, record
 
     res = record(RecordConfig(model=str(model), prompts=prompts, max_tokens=tokens, out=out,
-                              prompt_logprobs=prompt_logprobs, engine=EngineOptions(max_model_len=1024, batch=batch)))
+                              prompt_logprobs=prompt_logprobs,
+                              engine=EngineOptions(max_model_len=1024, batch=batch, tp=tp)))
     gc.collect()
     return res.manifest.generated_positions / res.timings["record_s"], res
 
@@ -100,6 +109,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--rss-child", type=int, default=None)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--tp", type=int, default=1, help="compare at this tensor-parallel size only (worker capture)")
     args = ap.parse_args()
     cache = Path(os.environ.get("PARITY_CACHE") or Path(tempfile.gettempdir()) / "parity-bench-cache")
     _env(cache)
@@ -112,6 +122,9 @@ def main() -> None:
     model = tiny_model_dir(cache, vocab_size=VOCAB)
     prompts = (PROMPTS * args.prompts)[: args.prompts]
     work = Path(tempfile.mkdtemp(prefix="parity-bench-"))
+    if args.tp > 1:
+        compare_workers(model, prompts, args.tokens, args.repeat, args.tp, work)
+        return
     runs: dict[str, list[float]] = {k: [] for k in ("plain", "plain1", "rec", "rec1", "rec1p")}
     last = None
     n = len(prompts)
@@ -151,6 +164,23 @@ def main() -> None:
     print(f"peak RSS, {args.tokens} tokens/prompt            {short / 1024:8.1f} MiB")
     print(f"peak RSS, {args.tokens * 4} tokens/prompt            {long / 1024:8.1f} MiB")
     print(f"ratio long/short peak RSS               {long / short:8.3f}x   (target <= 1.10)")
+
+
+def compare_workers(model: Path, prompts: list[str], tokens: int, repeat: int, tp: int, work: Path) -> None:
+    """Plain generation vs recording with --tp N, interleaved: rows captured and written in the output worker."""
+    n = len(prompts)
+    plain, rec = [], []
+    for i in range(repeat):
+        plain.append(plain_generation(model, prompts, tokens, tp=tp, max_num_seqs=n))
+        tps, res = recorded_generation(model, prompts, tokens, work / f"tp{i}", False, batch=n, tp=tp)
+        rec.append(tps)
+    print(f"model: tiny Llama, vocab {VOCAB}; {n} prompts x {tokens} tokens; --tp {tp} "
+          f"(executor {res.manifest.run['executor']}, capture {res.manifest.run['capture']}); best of {repeat}")
+    print(f"{'plain generation, tp ' + str(tp):<46} {max(plain):8.1f} tok/s   runs {[round(x) for x in plain]}")
+    print(f"{'record, tp ' + str(tp) + ', generated rows':<46} {max(rec):8.1f} tok/s   runs {[round(x) for x in rec]}")
+    paired = sorted(r / p for r, p in zip(rec, plain))
+    print(f"{'ratio record/plain, tp ' + str(tp):<46} {max(rec) / max(plain):8.2f}x")
+    print(f"{'  median of back-to-back run ratios':<46} {paired[len(paired) // 2]:8.2f}x")
 
 
 if __name__ == "__main__":
