@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import _thread
+import contextlib
 import shutil
 import threading
 import time
@@ -47,7 +48,7 @@ class LocalRows:
         self.sink.abort()
 
     def watch(self, progress, total: int):
-        return _NoWatch()
+        return contextlib.nullcontext()
 
 
 class EngineRows:
@@ -104,7 +105,7 @@ class EngineRows:
         """Relays a worker's progress file to ``progress`` while the engine generates."""
         path = self.info.get("progress_file")
         if progress is None or not path:
-            return _NoWatch()
+            return contextlib.nullcontext()
         return _ProgressWatch(Path(path), progress, total)
 
     def _one(self, fn, *args):
@@ -134,14 +135,6 @@ def _raise_parity_error(answers: list) -> None:
 
 def _call_all(llm, fn, timeout: float | None = None) -> None:
     llm.collective_rpc(fn, timeout=timeout)
-
-
-class _NoWatch:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        return None
 
 
 class _ProgressWatch:
