@@ -325,6 +325,9 @@ def _main(version: Annotated[bool, typer.Option("--version", help="Show the vers
         raise typer.Exit(0)
 
 
+INTERRUPTED = 130  # 128 + SIGINT, as shells report it
+
+
 def main() -> None:
     debug = settings().debug
     if not debug:
@@ -332,6 +335,8 @@ def main() -> None:
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     try:
         rc = app(standalone_mode=False)
+        if rc == INTERRUPTED:  # typer turns Ctrl-C into this return code, silently
+            Output().error("interrupted; nothing was published")
         if isinstance(rc, int) and rc:
             sys.exit(rc)
     except ParityError as e:
@@ -343,7 +348,7 @@ def main() -> None:
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
         Output().error("interrupted; nothing was published")
-        sys.exit(130)
+        sys.exit(INTERRUPTED)
     except Exception as e:  # noqa: BLE001 - the contract is one line, never a traceback
         import click
 

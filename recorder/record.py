@@ -11,9 +11,12 @@ removed on the way out.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import os
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -410,9 +413,12 @@ def _generate_vllm(cfg: RecordConfig, plan: Plan, llm, capture_mode: str, spec: 
             ))
         prompts = [TokensPrompt(prompt_token_ids=p) for p in prompt_ids]
         try:
-            with rows.watch(progress, spec.total):
+            with rows.watch(progress, spec.total), _sigint_seen() as interrupted:
                 outputs = llm.generate(prompts, params, use_tqdm=False)
         except Exception as e:  # the engine's own failures: keep one line, traceback under PARITY_DEBUG
+            if interrupted():
+                # Ctrl-C also stops vLLM's workers, and the executor may report their end first.
+                raise KeyboardInterrupt from None
             if settings().debug:
                 raise
             raise EngineError(f"the engine failed while generating: {type(e).__name__}: {e}") from None
@@ -435,6 +441,29 @@ def _generate_vllm(cfg: RecordConfig, plan: Plan, llm, capture_mode: str, spec: 
         if public:
             llm.collective_rpc(cap.abort)  # clears the forced trajectories
     return results, rows
+
+
+@contextlib.contextmanager
+def _sigint_seen():
+    """Yields a function telling whether SIGINT arrived meanwhile (the previous handler still runs)."""
+    seen = []
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: False
+        return
+    previous = signal.getsignal(signal.SIGINT)
+
+    def handler(signum, frame):
+        seen.append(signum)
+        if callable(previous):
+            previous(signum, frame)
+        elif previous != signal.SIG_IGN:
+            raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield lambda: bool(seen)
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _generate_hf(cfg: RecordConfig, plan: Plan, sink: RowSink) -> list[tuple[list[int], str | None]]:

@@ -75,3 +75,30 @@ def test_an_interrupted_worker_recording_leaves_nothing(tiny_model, tmp_path):
         record(RecordConfig(model=str(tiny_model), prompts=PROMPTS, max_tokens=MAX_TOKENS, out=tmp_path,
                             engine=EngineOptions(max_model_len=256, tp=2)), progress=interrupt)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_ctrl_c_during_a_worker_recording_is_an_interrupt_and_leaves_nothing(tiny_model, tmp_path):
+    # SIGINT reaches the whole process group, vLLM's workers included, as a terminal's Ctrl-C does.
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "out"
+    out.mkdir()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "parity.cli", "record", "--model", str(tiny_model), "--tp", "2",
+         "--max-tokens", "400", "--out", str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        env={**os.environ, "PARITY_NO_PROGRESS": "1"})
+    deadline = time.monotonic() + 240
+    while not any(p.name.startswith(".parity-tmp-") for p in out.iterdir()):  # the writer is open: rows flow
+        assert proc.poll() is None and time.monotonic() < deadline, "the recording ended before it could be interrupted"
+        time.sleep(0.2)
+    time.sleep(2)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130
+    assert "error: interrupted; nothing was published" in stderr.splitlines()
+    assert list(out.iterdir()) == []
