@@ -62,6 +62,7 @@ vLLM paths are vLLM 0.30.0, which vllm-rbln 0.12 pins):
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -95,16 +96,23 @@ class PathChoice:
     decided_here: bool      # False: auto without an NPU name; the NPU host decides again
 
 
-def npu_name() -> tuple[str | None, str | None]:
-    """The NPU name the plugin will see, read the way it reads it, or (None, None)."""
+@functools.cache
+def _runtime_npu_name() -> str | None:
+    """The runtime's name for NPU 0, asked once per process (the device does not change under us)."""
     try:
         import rebel
 
         name = rebel.get_npu_name(0)
-        if name:
-            return str(name), "rebel.get_npu_name(0)"
     except Exception:  # noqa: BLE001 - no runtime or no NPU here: fall back like the plugin does
-        pass
+        return None
+    return str(name) if name else None
+
+
+def npu_name() -> tuple[str | None, str | None]:
+    """The NPU name the plugin will see, read the way it reads it, or (None, None)."""
+    name = _runtime_npu_name()
+    if name:
+        return name, "rebel.get_npu_name(0)"
     for var in NPU_NAME_ENV:
         if os.environ.get(var):
             return os.environ[var], var
