@@ -9,12 +9,13 @@ from .core import (
     list_goldens,
     pull,
     push,
+    push_many,
     resolve_by_request,
     resolve_store,
 )
 from .refs import HubRef, is_hub_reference
 
 __all__ = [
-    "GoldenEntry", "HubRef", "PushResult", "is_hub_reference", "list_goldens", "pull", "push",
+    "GoldenEntry", "HubRef", "PushResult", "is_hub_reference", "list_goldens", "pull", "push", "push_many",
     "resolve_by_request", "resolve_store",
 ]

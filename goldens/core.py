@@ -50,6 +50,9 @@ class GoldenEntry:
     path: str  # store directory inside the repo
     prompt_positions: int = 0
     files: int = 0
+    # Layers the golden was recorded with (None: the full model); weights it was recorded from.
+    num_hidden_layers: int | None = None
+    weights_digest: str | None = None
     repo: str | None = field(default=None, compare=False)
     revision: str | None = field(default=None, compare=False)
 
@@ -75,6 +78,8 @@ class GoldenEntry:
             path=store_path(manifest.request_key, manifest.digest),
             prompt_positions=manifest.prompt_positions,
             files=files,
+            num_hidden_layers=manifest.request.num_hidden_layers,
+            weights_digest=manifest.request.model.weights_digest,
         )
 
     @classmethod
@@ -93,6 +98,10 @@ class GoldenEntry:
             path=str(d["path"]),
             prompt_positions=int(d.get("prompt_positions", 0)),
             files=int(d.get("files", 0)),
+            # Index files written before these fields existed: a full-model golden
+            # (--num-hidden-layers never reached the engine before them).
+            num_hidden_layers=None if d.get("num_hidden_layers") is None else int(d["num_hidden_layers"]),
+            weights_digest=d.get("weights_digest"),
             repo=repo,
             revision=revision,
         )
@@ -127,16 +136,33 @@ def _sort_key(entry: GoldenEntry):
 # -- push ---------------------------------------------------------------------
 def push(store_path_: Path | str, repo: str, *, private: bool = False, token=None, endpoint=None, cache_dir=None) -> PushResult:
     """Uploads a store in one commit; a store already on the repo is a no-op."""
+    return push_many([store_path_], repo, private=private, token=token, endpoint=endpoint, cache_dir=cache_dir)[0]
+
+
+def push_many(store_paths: list[Path | str], repo: str, *, private: bool = False, token=None, endpoint=None,
+              cache_dir=None) -> list[PushResult]:
+    """Uploads several stores (goldens at several depths, say) in one commit.
+
+    Every store is verified before anything is sent; stores already on the
+    repo are left out, so pushing a set twice uploads nothing the second time.
+    """
     check_repo(repo)
-    store = Store.open(store_path_)
-    manifest = store.verify()
-    files = sorted(p for p in store.path.rglob("*") if p.is_file())
-    entry = GoldenEntry.from_manifest(manifest, size=sum(p.stat().st_size for p in files), files=len(files))
+    if not store_paths:
+        raise UsageError("nothing to push: no stores given")
+    prepared = []
+    for path in store_paths:
+        store = Store.open(path)
+        manifest = store.verify()
+        files = sorted(p for p in store.path.rglob("*") if p.is_file())
+        entry = GoldenEntry.from_manifest(manifest, size=sum(p.stat().st_size for p in files), files=len(files))
+        if all(e.digest != entry.digest for _, _, e, _ in prepared):
+            prepared.append((store, manifest, entry, files))
     hub = Hub.resolve(token=token, endpoint=endpoint, cache_dir=cache_dir)
     if hub.offline:
         raise UsageError("cannot push while HF_HUB_OFFLINE is set", hint="unset HF_HUB_OFFLINE")
     api = hub.api()
-    what = f"push {manifest.digest}"
+    digests = [m.digest for _, m, _, _ in prepared]
+    what = f"push {digests[0]}" if len(digests) == 1 else f"push {len(digests)} stores"
 
     def head_or_create() -> str | None:
         # Look before creating: create_repo's fallback for tokens that may not
@@ -149,30 +175,45 @@ def push(store_path_: Path | str, repo: str, *, private: bool = False, token=Non
             return None
 
     head = call(head_or_create, hub=hub, repo=repo, what=what)
-    present = head is not None and call(
-        lambda: api.file_exists(repo, index_path(manifest.digest), repo_type=REPO_TYPE, revision=head),
-        hub=hub, repo=repo, what=what,
-    )
-    if present:
-        log.info("%s is already on %s at %s; nothing uploaded", manifest.digest, repo, entry.path)
-        return PushResult(str(HubRef(repo, entry.path, head)), False, 0, repo, entry.path, head, entry)
+    present: set[str] = set()
+    if head is not None:
+        for _, manifest, _, _ in prepared:
+            if call(lambda: api.file_exists(repo, index_path(manifest.digest), repo_type=REPO_TYPE, revision=head),
+                    hub=hub, repo=repo, what=what):
+                present.add(manifest.digest)
+    todo = [p for p in prepared if p[1].digest not in present]
+    for _, manifest, entry, _ in prepared:
+        if manifest.digest in present:
+            log.info("%s is already on %s at %s; nothing uploaded", manifest.digest, repo, entry.path)
+    if not todo:
+        return [PushResult(str(HubRef(repo, e.path, head)), False, 0, repo, e.path, head, e) for _, _, e, _ in prepared]
 
     def commit():
-        ops = [
-            CommitOperationAdd(f"{entry.path}/{p.relative_to(store.path).as_posix()}", str(p)) for p in files
-        ]
-        ops.append(CommitOperationAdd(index_path(manifest.digest), entry.index_json()))
-        return api.create_commit(
-            repo,
-            ops,
-            repo_type=REPO_TYPE,
-            commit_message=f"Add golden {manifest.request.model.id} on {manifest.device.kind} ({manifest.digest})",
-            commit_description=f"request key {manifest.request_key}",
-        )
+        ops = []
+        for store, manifest, entry, files in todo:
+            ops += [CommitOperationAdd(f"{entry.path}/{p.relative_to(store.path).as_posix()}", str(p)) for p in files]
+            ops.append(CommitOperationAdd(index_path(manifest.digest), entry.index_json()))
+        if len(todo) == 1:
+            m = todo[0][1]
+            message = f"Add golden {m.request.model.id} on {m.device.kind} ({m.digest})"
+            description = f"request key {m.request_key}"
+        else:
+            models = sorted({m.request.model.id for _, m, _, _ in todo})
+            message = f"Add {len(todo)} goldens of {', '.join(models)}"
+            description = "\n".join(f"{m.digest} request key {m.request_key}" + (
+                f" ({m.request.num_hidden_layers} layers)" if m.request.num_hidden_layers else "")
+                for _, m, _, _ in todo)
+        return api.create_commit(repo, ops, repo_type=REPO_TYPE, commit_message=message,
+                                 commit_description=description)
 
     info = call(commit, hub=hub, repo=repo, what=what)
-    log.info("pushed %s to %s@%s (%d files)", manifest.digest, repo, info.oid, len(files) + 1)
-    return PushResult(str(HubRef(repo, entry.path, info.oid)), True, len(files) + 1, repo, entry.path, info.oid, entry)
+    log.info("pushed %d stores to %s@%s", len(todo), repo, info.oid)
+    results = []
+    for _, manifest, entry, files in prepared:
+        uploaded = manifest.digest not in present
+        results.append(PushResult(str(HubRef(repo, entry.path, info.oid)), uploaded, len(files) + 1 if uploaded else 0,
+                                  repo, entry.path, info.oid, entry))
+    return results
 
 
 # -- list ---------------------------------------------------------------------

@@ -12,6 +12,7 @@ removed on the way out.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import logging
 import os
@@ -31,9 +32,11 @@ from schemas import Device, Manifest, ModelRef, Request, SequenceInfo, Store
 from schemas.store import GENERATED, PROMPT
 
 from .devices import EngineOptions, get_profile
+from .devices.base import TRUNCATE_CHECKPOINT, TRUNCATE_HF_OVERRIDES
 from .rows import EngineRows, LocalRows
 from .sink import Progress, RowSink, WriterSpec
 from .inputs import load_prompts, resolve_model, tokenizer_digest, weights_digest
+from .truncate import Depth, config_overrides, read_config, resolve_depth, truncated_dir
 
 log = logging.getLogger("parity")
 
@@ -123,6 +126,8 @@ class Plan:
     trajectories: list[list[int]] | None
     golden: Store | None
     out: Path
+    depth: Depth | None = None  # --num-hidden-layers, checked against the model (None: the full model)
+    engine: EngineOptions | None = None  # cfg.engine with the layer count normalised
 
     @property
     def prompt_ids(self) -> list[list[int]]:
@@ -172,6 +177,14 @@ def plan_recording(cfg: RecordConfig, *, check_out: bool = True) -> Plan:
 
     golden_store = Store.open(cfg.golden) if cfg.golden else None
     model = resolve_model(cfg.model, st.cache_dir)
+    depth = None
+    if cfg.engine.num_hidden_layers is not None:
+        depth = resolve_depth(model.path, cfg.engine.num_hidden_layers)
+        if not depth.truncated:
+            # The full model: the same request (and key) as a recording without the option.
+            log.debug("the model has %d layers: --num-hidden-layers %d records the full model", depth.total,
+                     depth.requested)
+    engine = cfg.engine
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer or model.path, trust_remote_code=cfg.engine.trust_remote_code)
@@ -230,28 +243,59 @@ def plan_recording(cfg: RecordConfig, *, check_out: bool = True) -> Plan:
         dtype=cfg.engine.dtype,
         max_model_len=cfg.engine.max_model_len,
         seed=cfg.engine.seed,
-        num_hidden_layers=cfg.engine.num_hidden_layers,
+        num_hidden_layers=depth.requested if depth is not None and depth.truncated else None,
     )
-    profile.validate(cfg.engine, request)
-    return Plan(profile, model, tokenizer, request, prompt_texts, trajectories, golden_store, out)
+    profile.validate(engine, request)
+    return Plan(profile, model, tokenizer, request, prompt_texts, trajectories, golden_store, out, depth, engine)
 
 
-def record(cfg: RecordConfig, progress: Callable[[Progress], None] | None = None) -> RecordResult:
-    """Records one store; returns its path, manifest and timings."""
-    plan = plan_recording(cfg)
+def record(cfg: RecordConfig, progress: Callable[[Progress], None] | None = None, *,
+           plan: Plan | None = None) -> RecordResult:
+    """Records one store; returns its path, manifest and timings (``plan``: from plan_recording(cfg))."""
+    plan = plan or plan_recording(cfg)
+    cfg = dataclasses.replace(cfg, engine=plan.engine)
     profile, model, golden_store = plan.profile, plan.model, plan.golden
+    engine_model = model.path
+    if plan.depth is not None and plan.depth.truncated and profile.layer_truncation(cfg.engine) == TRUNCATE_CHECKPOINT:
+        engine_model = truncated_dir(model.path, plan.depth, settings().cache_dir, plan.request.model.weights_digest)
 
     hf = getattr(profile, "runner", "vllm") == "hf"
-    os.environ.update(profile.environment(cfg.engine, full_vocab=plan.topn is None))
+    with _environment(profile.environment(cfg.engine, full_vocab=plan.topn is None)):
+        profile.before_engine(cfg.engine)
+        return _record(cfg, plan, engine_model, hf, progress)
+
+
+@contextlib.contextmanager
+def _environment(env: dict[str, str]):
+    """Sets the device's variables for one recording, then restores the previous values.
+
+    Worker processes inherit them at start; restoring keeps one recording's
+    settings (a layer limit, say) out of the next one in the same process.
+    """
+    previous = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for k, v in previous.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _record(cfg: RecordConfig, plan: Plan, engine_model: Path, hf: bool,
+            progress: Callable[[Progress], None] | None) -> RecordResult:
+    profile, model, golden_store = plan.profile, plan.model, plan.golden
     t_start = time.perf_counter()
     llm = None
     if hf:
         from transformers import AutoConfig
 
         capture_mode = "hf"
-        vocab_size = int(AutoConfig.from_pretrained(model.path).vocab_size)
+        vocab_size = int(AutoConfig.from_pretrained(engine_model).get_text_config().vocab_size)
     else:
-        llm, capture_mode = _start_engine(cfg, profile, model.path, cfg.tokenizer)
+        llm, capture_mode = _start_engine(cfg, profile, engine_model, cfg.tokenizer or str(model.path))
     try:
         if llm is not None:
             vocab_size = int(llm.llm_engine.model_config.get_vocab_size())
@@ -259,7 +303,7 @@ def record(cfg: RecordConfig, progress: Callable[[Progress], None] | None = None
         if golden_store is not None and golden_store.manifest.vocab_size != vocab_size:
             raise GoldenMismatchError(
                 f"the model's vocabulary ({vocab_size}) differs from the golden's ({golden_store.manifest.vocab_size})")
-        return _record_rows(cfg, plan, llm, capture_mode, vocab_size, t_engine, progress)
+        return _record_rows(cfg, plan, llm, capture_mode, vocab_size, t_engine, progress, engine_model)
     finally:
         if llm is not None:
             _shutdown(llm)
@@ -280,7 +324,7 @@ def _writer_spec(cfg: RecordConfig, plan: Plan, vocab_size: int) -> WriterSpec:
 
 
 def _record_rows(cfg: RecordConfig, plan: Plan, llm, capture_mode: str, vocab_size: int, t_engine: float,
-                 progress: Callable[[Progress], None] | None) -> RecordResult:
+                 progress: Callable[[Progress], None] | None, engine_model: Path) -> RecordResult:
     profile, model, tokenizer, request = plan.profile, plan.model, plan.tokenizer, plan.request
     prompt_ids, prompt_texts, trajectories, golden_store = plan.prompt_ids, plan.prompt_texts, plan.trajectories, plan.golden
     prompt_logprobs = request.prompt_logprobs
@@ -290,7 +334,7 @@ def _record_rows(cfg: RecordConfig, plan: Plan, llm, capture_mode: str, vocab_si
     if hf:
         rows = LocalRows(RowSink(spec, progress))
         try:
-            results = _generate_hf(cfg, plan, rows.sink)
+            results = _generate_hf(cfg, plan, rows.sink, engine_model)
         except BaseException:
             rows.abort()
             raise
@@ -328,6 +372,7 @@ def _record_rows(cfg: RecordConfig, plan: Plan, llm, capture_mode: str, vocab_si
                 "generated_tokens_per_s": round(generated / t_gen, 2) if t_gen > 0 else None,
             },
             "forced": bool(trajectories),
+            "depth": _depth_info(plan, cfg.engine, engine_model),
             "golden": golden_store.manifest.digest if golden_store else None,
             "golden_request_key": golden_store.manifest.request_key if golden_store else None,
         }
@@ -335,7 +380,8 @@ def _record_rows(cfg: RecordConfig, plan: Plan, llm, capture_mode: str, vocab_si
             kind=profile.name,
             versions=profile.versions(),
             env=recorded_env(),
-            engine_args=profile.engine_args(cfg.engine) if hf else _engine_kwargs(cfg, profile, model.path, cfg.tokenizer),
+            engine_args=profile.engine_args(cfg.engine) if hf else _engine_kwargs(
+                cfg, profile, engine_model, cfg.tokenizer or str(model.path)),
             host=profile.host(),
         )
         manifest = Manifest(
@@ -356,6 +402,15 @@ def _record_rows(cfg: RecordConfig, plan: Plan, llm, capture_mode: str, vocab_si
     # Generation through the published store: what a user waits for after the engine is up.
     timings = {**run["timings"], "record_s": round(time.perf_counter() - t_gen_start, 3)}
     return RecordResult(path, manifest, timings)
+
+
+def _depth_info(plan: Plan, opts: EngineOptions, engine_model: Path) -> dict | None:
+    """How the layer count was applied (None for a full-model recording)."""
+    if plan.depth is None or not plan.depth.truncated:
+        return None
+    return {"num_hidden_layers": plan.depth.requested, "of": plan.depth.total,
+            "mechanism": plan.profile.layer_truncation(opts),
+            "model_dir": str(engine_model) if engine_model != plan.model.path else None}
 
 
 def _executor_kind(llm) -> str | None:
@@ -466,7 +521,7 @@ def _sigint_seen():
         signal.signal(signal.SIGINT, previous)
 
 
-def _generate_hf(cfg: RecordConfig, plan: Plan, sink: RowSink) -> list[tuple[list[int], str | None]]:
+def _generate_hf(cfg: RecordConfig, plan: Plan, sink: RowSink, engine_model: Path) -> list[tuple[list[int], str | None]]:
     from .devices.hf import run_hf
     from .sink import tensor_rows
 
@@ -478,10 +533,10 @@ def _generate_hf(cfg: RecordConfig, plan: Plan, sink: RowSink) -> list[tuple[lis
             sink.generated([(seq, position)], values, ids)
 
     try:
-        return run_hf(plan.model.path, plan.prompt_ids, plan.lengths, plan.trajectories, dtype=cfg.engine.dtype,
+        return run_hf(engine_model, plan.prompt_ids, plan.lengths, plan.trajectories, dtype=cfg.engine.dtype,
                       seed=cfg.engine.seed, eos_token_id=plan.tokenizer.eos_token_id,
                       prompt_logprobs=plan.request.prompt_logprobs,
-                      num_hidden_layers=cfg.engine.num_hidden_layers, emit=emit)
+                      emit=emit)
     except Exception as e:
         if settings().debug:
             raise
@@ -498,8 +553,8 @@ def _engine_kwargs(cfg: RecordConfig, profile, model_path: Path, tokenizer: str 
         trust_remote_code=cfg.engine.trust_remote_code,
         **profile.engine_args(cfg.engine),
     )
-    if cfg.engine.num_hidden_layers:
-        kwargs["hf_overrides"] = {"num_hidden_layers": cfg.engine.num_hidden_layers}
+    if cfg.engine.num_hidden_layers and profile.layer_truncation(cfg.engine) == TRUNCATE_HF_OVERRIDES:
+        kwargs["hf_overrides"] = config_overrides(read_config(model_path), cfg.engine.num_hidden_layers)
     if cfg.engine.executor:
         kwargs["distributed_executor_backend"] = cfg.engine.executor
     return kwargs

@@ -655,3 +655,30 @@ class Store:
 def open_store(path: Path | str) -> Store:
     return Store.open(path)
 
+
+def stores_in(paths: "list[Path | str] | Path | str") -> list[Path]:
+    """Store directories named by ``paths``: each a store, or a directory holding stores.
+
+    A directory is searched one level deep; hidden entries (the recorder's
+    temporary stores among them) are never taken.
+    """
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    found: list[Path] = []
+    for raw in paths:
+        path = Path(raw).expanduser()
+        if (path / "zarr.json").is_file():
+            found.append(path)
+        elif path.is_dir():
+            inner = sorted(p for p in path.iterdir()
+                           if not p.name.startswith(".") and (p / "zarr.json").is_file())
+            if not inner:
+                raise StoreNotFoundError(f"no stores in {path}")
+            found += inner
+        elif path.exists():
+            raise NotAStoreError(f"{path} is not a parity store or a directory of stores")
+        else:
+            raise StoreNotFoundError(f"no store at {path}")
+    seen: set[Path] = set()
+    return [p for p in found if not (p.resolve() in seen or seen.add(p.resolve()))]
+

@@ -42,6 +42,12 @@ class EngineOptions:
     extra: dict = field(default_factory=dict)
 
 
+# How --num-hidden-layers K reaches the engine (recorder/truncate.py):
+TRUNCATE_CHECKPOINT = "checkpoint"        # a derived checkpoint directory of K layers
+TRUNCATE_HF_OVERRIDES = "hf_overrides"    # the full checkpoint, config overridden to K layers
+TRUNCATE_PLUGIN_ENV = "plugin-env"        # the platform plugin's own variable (vllm-rbln)
+
+
 class DeviceProfile:
     name: str = ""
     # Whether prompt positions are recorded unless the user says otherwise.
@@ -58,6 +64,13 @@ class DeviceProfile:
         Runs in ``plan_recording``, before any engine start or compilation,
         so a refused setting costs nothing on the device host.
         """
+
+    def layer_truncation(self, opts: EngineOptions) -> str:
+        """How this device runs a model cut to --num-hidden-layers (one of the TRUNCATE_* names)."""
+        return TRUNCATE_CHECKPOINT
+
+    def before_engine(self, opts: EngineOptions) -> None:
+        """Last check with the device's environment applied, just before the engine starts."""
 
     def plan_details(self, opts: EngineOptions) -> dict:
         """Device-specific choices worth showing in a dry-run plan (JSON-serialisable)."""

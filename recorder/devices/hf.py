@@ -32,7 +32,7 @@ class HfProfile(DeviceProfile):
 
 
 def run_hf(model_path: Path, prompts: list[list[int]], lengths: list[int], trajectories, *, dtype: str,
-           seed: int, eos_token_id, prompt_logprobs: bool, num_hidden_layers: int | None, emit):
+           seed: int, eos_token_id, prompt_logprobs: bool, emit):
     """Yields (generated ids, finish reason) per sequence; rows go to ``emit``.
 
     ``emit(kind, seq, position, logprobs)`` receives float32 log-softmax rows
@@ -42,9 +42,7 @@ def run_hf(model_path: Path, prompts: list[list[int]], lengths: list[int], traje
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
-    overrides = {"num_hidden_layers": num_hidden_layers} if num_hidden_layers else {}
-    model = AutoModelForCausalLM.from_pretrained(
-        model_path, dtype=getattr(torch, dtype), attn_implementation="eager", **overrides)
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype), attn_implementation="eager")
     model.eval()
     eos = set(eos_token_id if isinstance(eos_token_id, (list, tuple)) else [eos_token_id])
     results = []

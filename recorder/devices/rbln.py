@@ -53,6 +53,17 @@ vLLM paths are vLLM 0.30.0, which vllm-rbln 0.12 pins):
 - Async scheduling off: the plugin calls it unstable with the in-process
   (uni) executor (``platform/vllm_impl.py:340-350``) and the optimum path
   turns it off anyway (``platform/optimum_impl.py:63-70``).
+- ``--num-hidden-layers K``: on the vllm-model path the plugin's own
+  ``VLLM_RBLN_NUM_HIDDEN_LAYERS=K`` (``patches/distributed_utils.py:21-57``:
+  only the first K layers are built, the rest's weights are skipped; part of
+  the compile-cache key, ``envs.py:386-392``; refused below the pp size,
+  ``:47-53``). The patch is applied once, when the plugin loads, and only if the
+  variable is set then (``:30``), so a process that loaded the plugin without
+  it is refused rather than silently building every layer. On the optimum path,
+  ``hf_overrides`` (optimum-rbln compiles from the overridden config,
+  ``model_executor/models/optimum/model_base.py:250-269``). A stray
+  ``VLLM_RBLN_NUM_HIDDEN_LAYERS`` in the environment is refused: the store
+  would not say the model was cut.
 - Warm-up stays on (``VLLM_RBLN_ENABLE_WARM_UP`` unset): 0.12's warm-up never
   requests logprobs (``v1/worker/rbln_model_runner.py:2665,3490``), and turning
   it off moves compilation into the first requests and stops the KV cache
@@ -67,9 +78,9 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from parity.errors import DeviceUnavailableError, UsageError
+from parity.errors import DeviceUnavailableError, EngineError, UsageError
 
-from .base import DeviceProfile, EngineOptions, module_available
+from .base import TRUNCATE_HF_OVERRIDES, TRUNCATE_PLUGIN_ENV, DeviceProfile, EngineOptions, module_available
 
 if TYPE_CHECKING:
     from schemas import Request
@@ -198,6 +209,17 @@ class RblnProfile(DeviceProfile):
                     "models under VLLM_CACHE_ROOT/compiled_models whatever VLLM_DISABLE_COMPILE_CACHE says",
                     hint="point VLLM_CACHE_ROOT at an empty directory instead",
                 )
+        stray = os.environ.get("VLLM_RBLN_NUM_HIDDEN_LAYERS", "").strip()
+        if stray not in ("", "0") and stray != str(opts.num_hidden_layers or ""):
+            # The plugin would truncate the model behind the store's back.
+            raise UsageError(
+                f"VLLM_RBLN_NUM_HIDDEN_LAYERS={stray} is set in the environment, and the store would not say so",
+                hint="unset it and pass --num-hidden-layers instead",
+            )
+        if choice.path == PATH_VLLM and opts.num_hidden_layers and opts.num_hidden_layers < opts.pp:
+            # patches/distributed_utils.py:47-53: a stage with no layer breaks the KV-cache plan.
+            raise UsageError(f"--num-hidden-layers {opts.num_hidden_layers} is smaller than --pp {opts.pp}: "
+                             "vllm-rbln refuses a pipeline stage with no layer")
         if choice.path == PATH_VLLM and opts.pp > 1 and opts.batch < opts.pp:
             # platform/vllm_impl.py:151-159: the per-stage decode batch is max_num_seqs // pp.
             raise UsageError(f"--pp {opts.pp} needs --batch {opts.pp} or more on rbln (got --batch {opts.batch})")
@@ -213,6 +235,30 @@ class RblnProfile(DeviceProfile):
                     f"{choice.path} path; vllm-rbln refuses the disagreement",
                     hint="unset VLLM_RBLN_USE_VLLM_MODEL (deprecated; the path is chosen with --rbln-path)",
                 )
+
+    def layer_truncation(self, opts: EngineOptions) -> str:
+        # vllm-model: the plugin's own VLLM_RBLN_NUM_HIDDEN_LAYERS builds only the
+        # first K layers and skips the rest's weights (patches/distributed_utils.py:21-57),
+        # and is part of the compile-cache key (envs.py:386-392), so no weights are copied.
+        # optimum: optimum-rbln compiles from the overridden hf_config
+        # (model_executor/models/optimum/model_base.py:250-269).
+        return TRUNCATE_PLUGIN_ENV if choose_path(opts).path == PATH_VLLM else TRUNCATE_HF_OVERRIDES
+
+    def before_engine(self, opts: EngineOptions) -> None:
+        if not opts.num_hidden_layers or choose_path(opts).path != PATH_VLLM:
+            return
+        import sys
+
+        utils = sys.modules.get("vllm.distributed.utils")
+        if "vllm_rbln" in sys.modules and utils is not None and \
+                getattr(utils.get_pp_indices, "__name__", "") != "patched_get_pp_indices":
+            # The plugin applies its layer-limit patch once, when it loads, and only if the
+            # variable is set then (patches/distributed_utils.py:30): a process that loaded
+            # it without the limit would silently build every layer.
+            raise EngineError(
+                "vllm-rbln was loaded in this process without a layer limit, so it would build every layer",
+                hint="record this depth in a new process (parity bisect and --depths pass the limit from the start)",
+            )
 
     def plan_details(self, opts: EngineOptions) -> dict:
         choice = choose_path(opts)
@@ -248,6 +294,8 @@ class RblnProfile(DeviceProfile):
             env["VLLM_RBLN_USE_DEVICE_TENSOR"] = "0"
         if opts.rbln_fresh_compile:
             env["VLLM_DISABLE_COMPILE_CACHE"] = "1"
+        if opts.num_hidden_layers and path == PATH_VLLM:
+            env["VLLM_RBLN_NUM_HIDDEN_LAYERS"] = str(opts.num_hidden_layers)
         return env
 
     def engine_args(self, opts: EngineOptions) -> dict:
