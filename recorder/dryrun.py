@@ -71,12 +71,23 @@ def dry_run(cfg: RecordConfig) -> dict:
         "request_key": request.key(),
         "model": {"id": request.model.id, "path": str(plan.model.path)},
         "golden": plan.golden.manifest.digest if plan.golden is not None else None,
+        "depth": _depth_plan(plan, cfg),
         "out": str(plan.out),
         "positions": {"prompt": prompt_rows, "generated": generated_rows, "total": prompt_rows + generated_rows},
         "estimated_bytes": estimate_bytes(prompt_rows + generated_rows, vocab_size, plan.topn),
         "problems": problems,
         "notes": notes,
     }
+
+
+def _depth_plan(plan, cfg: RecordConfig) -> dict | None:
+    """How --num-hidden-layers would be applied (None: the full model)."""
+    if plan.depth is None or not plan.depth.truncated:
+        return None
+    mechanism = plan.profile.layer_truncation(cfg.engine)
+    return {"num_hidden_layers": plan.depth.requested, "of": plan.depth.total, "mechanism": mechanism,
+            "note": "a derived checkpoint of the first layers is built under the parity cache when recording"
+            if mechanism == "checkpoint" else None}
 
 
 def estimate_bytes(rows: int, vocab_size: int | None, topn: int | None) -> dict:

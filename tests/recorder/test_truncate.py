@@ -211,3 +211,19 @@ def test_rbln_refuses_a_process_whose_plugin_loaded_without_the_limit(rbln_env):
     rbln_env.setattr(utils, "get_pp_indices", patched_get_pp_indices)
     rbln.before_engine(opts)
     rbln.before_engine(EngineOptions(rbln_path="vllm-model"))  # no limit asked: nothing to check
+
+
+def test_dry_run_shows_the_depth_and_the_full_count_is_the_plain_request(four_layers, tmp_path):
+    from recorder.dryrun import dry_run
+
+    def plan(**engine):
+        return dry_run(RecordConfig(model=str(four_layers), prompts=["hi there"], max_tokens=2, out=tmp_path,
+                                    engine=EngineOptions(max_model_len=64, **engine)))
+
+    cut = plan(num_hidden_layers=2)
+    assert cut["depth"]["num_hidden_layers"] == 2 and cut["depth"]["of"] == LAYERS
+    assert cut["depth"]["mechanism"] == "checkpoint" and "hf_overrides" not in cut["engine_args"]
+    plain, full = plan(), plan(num_hidden_layers=LAYERS)
+    assert plain["depth"] is None and full["depth"] is None
+    assert full["request_key"] == plain["request_key"] != cut["request_key"]
+    assert not list((tmp_path).iterdir())  # a plan builds nothing
