@@ -7,11 +7,17 @@ NaN/inf counts) in float64, and returns a ``Report`` with summaries, the worst
 positions and a verdict against optional ``Thresholds``. ``render_text`` and
 ``render_html`` format a report. Only numpy (and zarr through ``schemas``) is
 imported: never torch or vllm.
+
+``compare(reference, [c1, c2, ...])`` gives one Report per candidate from a
+single streaming pass over the reference (for candidates on its trajectory).
+``diff(..., baseline=STORE, max_floor_ratio=R)`` measures a noise floor: the
+baseline is compared with the reference in the same pass and the report's
+``floor`` sets the candidate beside it (see ``differ.floor``).
 """
 
-from .core import diff
+from .core import compare, diff
 from .render import render_html, render_text
 from .report import JSON_SCHEMA, Report
 from .thresholds import TOLERANCE_PRESETS, Thresholds
 
-__all__ = ["diff", "Report", "Thresholds", "TOLERANCE_PRESETS", "render_text", "render_html", "JSON_SCHEMA"]
+__all__ = ["diff", "compare", "Report", "Thresholds", "TOLERANCE_PRESETS", "render_text", "render_html", "JSON_SCHEMA"]

@@ -1,20 +1,24 @@
-"""``diff``: stream two stores block by block and build a Report."""
+"""``diff`` and ``compare``: stream a reference and its candidates block by block and build Reports."""
 
 from __future__ import annotations
 
 import logging
+import math
+import numbers
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
+from parity.errors import ParityError, UsageError
 from parity.settings import settings
 from schemas.store import GENERATED, PROMPT, Store
 
 from . import metrics
 from .plan import KINDS, Pairs, Plan, blocks, build_plan, check_compatible
+from .floor import attach_floor
 from .report import Report, kl_by_confidence, nan_mask, sequence_slice, summarize
 from .thresholds import Thresholds
 
@@ -43,43 +47,62 @@ def block_rows_for(width: int, full: bool) -> int:
     return int(min(max((rows // 16) * 16, 16), cap))
 
 
-def _read_block(ref: Store, cand: Store, kind: str, pairs: Pairs, a: int, b: int):
-    """(ref values, cand values, ref ids, cand ids) for pairs [a, b)."""
-    ra, ca, n = int(pairs.ref[a]), int(pairs.cand[a]), b - a
+def _width(ref: Store, cand: Store) -> tuple[int, bool]:
+    """(values per row that a block of this pair holds, both sides full vocabulary)."""
+    full = ref.full_vocab and cand.full_vocab
+    width = ref.vocab_size if full else max(ref.vocab_size if ref.full_vocab else ref.manifest.request.logprobs, 1)
+    return width, full
+
+
+def _read_group(ref: Store, cands: Sequence[Store], kind: str, pairs: Sequence[Pairs], a: int, b: int):
+    """(ref values, ref ids, [(cand values, cand ids), ...]) for pairs [a, b)."""
+    ra, n = int(pairs[0].ref[a]), b - a
+    sides = []
+    for cand, p in zip(cands, pairs):
+        ca = int(p.cand[a])
+        sides.append((cand.rows(kind, ca, ca + n), None if cand.full_vocab else cand.rows(kind, ca, ca + n, ids=True)))
     return (
         ref.rows(kind, ra, ra + n),
-        cand.rows(kind, ca, ca + n),
         None if ref.full_vocab else ref.rows(kind, ra, ra + n, ids=True),
-        None if cand.full_vocab else cand.rows(kind, ca, ca + n, ids=True),
+        sides,
     )
+
+
+def compare_group(ref: Store, cands: Sequence[Store], kind: str, pairs: Sequence[Pairs], eps: float,
+                  tick: Callable[[int], None], kernel: str | None = None) -> list[dict[str, np.ndarray]]:
+    """Per-position metrics of one row kind for candidates whose pairs share
+    the reference rows: each reference block is read once for all of them."""
+    n = len(pairs[0])
+    outs = [metrics.empty(n) for _ in cands]
+    if n == 0:
+        return outs
+    shapes = [_width(ref, c) for c in cands]
+    fulls = [full for _, full in shapes]
+    # The narrowest budget keeps every side's block within BLOCK_BYTES.
+    cuts = blocks(pairs, min(block_rows_for(w, full) for w, full in shapes))
+    # At most READ_AHEAD + 1 blocks per side are held at once.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="parity-diff-read") as pool:
+        ahead = [pool.submit(_read_group, ref, cands, kind, pairs, a, b) for a, b in cuts[:READ_AHEAD]]
+        for i, (a, b) in enumerate(cuts):
+            x, xi, sides = ahead.pop(0).result()
+            if i + READ_AHEAD < len(cuts):
+                ahead.append(pool.submit(_read_group, ref, cands, kind, pairs, *cuts[i + READ_AHEAD]))
+            for out, full, (y, yi) in zip(outs, fulls, sides):
+                if full:
+                    got = metrics.full_block(x, y, eps, kernel)
+                else:
+                    got = metrics.topn_block(metrics.Side(x, xi), metrics.Side(y, yi), eps)
+                for k, v in got.items():
+                    out[k][a:b] = v
+                tick(b - a)
+            del x, xi, sides, y, yi, got
+    return outs
 
 
 def compare_kind(ref: Store, cand: Store, kind: str, pairs: Pairs, eps: float, tick: Callable[[int], None],
                  kernel: str | None = None) -> dict[str, np.ndarray]:
     """Per-position metrics for every pair of one row kind."""
-    n = len(pairs)
-    out = metrics.empty(n)
-    if n == 0:
-        return out
-    full = ref.full_vocab and cand.full_vocab
-    width = ref.vocab_size if full else max(ref.vocab_size if ref.full_vocab else ref.manifest.request.logprobs, 1)
-    cuts = blocks(pairs, block_rows_for(width, full))
-    # At most READ_AHEAD + 1 blocks are held at once.
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="parity-diff-read") as pool:
-        ahead = [pool.submit(_read_block, ref, cand, kind, pairs, a, b) for a, b in cuts[:READ_AHEAD]]
-        for i, (a, b) in enumerate(cuts):
-            x, y, xi, yi = ahead.pop(0).result()
-            if i + READ_AHEAD < len(cuts):
-                ahead.append(pool.submit(_read_block, ref, cand, kind, pairs, *cuts[i + READ_AHEAD]))
-            if full:
-                got = metrics.full_block(x, y, eps, kernel)
-            else:
-                got = metrics.topn_block(metrics.Side(x, xi), metrics.Side(y, yi), eps)
-            del x, y, xi, yi
-            for k, v in got.items():
-                out[k][a:b] = v
-            tick(b - a)
-    return out
+    return compare_group(ref, [cand], kind, [pairs], eps, tick, kernel)[0]
 
 
 def _text(decode: Decode | None, token: int | None) -> str | None:
@@ -188,6 +211,8 @@ def diff(
     reference: str | Path | Store,
     candidate: str | Path | Store,
     *,
+    baseline: str | Path | Store | None = None,
+    max_floor_ratio: float | None = None,
     thresholds: Thresholds | None = None,
     eps: float = 0.5,
     top_n_rule: int = 5,
@@ -200,17 +225,105 @@ def diff(
 
     ``kernel``: "fused" (C) or "numpy" for full-vocabulary rows; default from
     PARITY_DIFF_KERNEL, else the C kernel when it was built.
+
+    ``baseline``: a store of accepted numerics (e.g. the same request in
+    bfloat16, or on the hf device), compared with the reference in the same
+    pass; the report's ``floor`` then sets the candidate beside it.
+    ``max_floor_ratio``: fail when the candidate's generated KL p99 is more
+    than this many times the baseline's (see ``floor.ratio``).
     """
+    max_floor_ratio = _check_floor_ratio(max_floor_ratio, baseline)
+    opts = dict(thresholds=thresholds, eps=eps, top_n_rule=top_n_rule, worst=worst, decode=decode,
+                progress=progress, kernel=kernel)
     t0 = time.perf_counter()
+    if baseline is None:
+        report = _compare(reference, [candidate], [None], **opts)[0]
+    else:
+        report, base = _compare(reference, [candidate, baseline], [None, "baseline"], **opts)
+        report = attach_floor(report, base, max_floor_ratio)
+    log.info("diff done in %.2fs: verdict %s", time.perf_counter() - t0, report.verdict)
+    return report
+
+
+def compare(
+    reference: str | Path | Store,
+    candidates: Sequence[str | Path | Store],
+    *,
+    thresholds: Thresholds | None = None,
+    eps: float = 0.5,
+    top_n_rule: int = 5,
+    worst: int = 10,
+    decode: Decode | None = None,
+    progress: Progress | None = None,
+    kernel: str | None = None,
+) -> list[Report]:
+    """One Report per candidate, as ``diff(reference, candidate)`` gives it.
+
+    Candidates whose row pairs of a kind use the same reference rows (all
+    recorded on the reference's forced trajectory, say) share one streaming
+    pass: each reference block is read once and compared with every one of
+    them. ``progress`` counts row pairs over all candidates.
+    """
+    if isinstance(candidates, (str, Path, Store)):
+        raise UsageError("compare() takes a list of candidate stores; diff() compares one")
+    candidates = list(candidates)
+    if not candidates:
+        raise UsageError("compare() needs at least one candidate store")
+    labels = [None] if len(candidates) == 1 else [f"candidate {i + 1}" for i in range(len(candidates))]
+    t0 = time.perf_counter()
+    reports = _compare(reference, candidates, labels, thresholds=thresholds, eps=eps, top_n_rule=top_n_rule,
+                       worst=worst, decode=decode, progress=progress, kernel=kernel)
+    log.info("compare done in %.2fs: verdicts %s", time.perf_counter() - t0, ", ".join(r.verdict for r in reports))
+    return reports
+
+
+def _check_floor_ratio(ratio: float | None, baseline) -> float | None:
+    if ratio is None:
+        return None
+    if baseline is None:
+        raise UsageError("max_floor_ratio needs a baseline store to measure the floor on")
+    if isinstance(ratio, bool) or not isinstance(ratio, numbers.Real) or math.isnan(ratio) or ratio < 0:
+        raise UsageError(f"max_floor_ratio must be a non-negative number, got {ratio!r}")
+    return float(ratio)
+
+
+def _checked(ref: Store, cand: Store, label: str | None) -> tuple[list[str], Plan]:
+    """(warnings, plan); errors name the side when several are compared."""
+    try:
+        warnings = check_compatible(ref, cand)
+        plan = build_plan(ref, cand)
+    except ParityError as e:
+        if label is None:
+            raise
+        raise type(e)(f"{label} {cand.path}: {e}", hint=e.hint) from None
+    return warnings + plan.warnings, plan
+
+
+def _groups(pairs: list[Pairs]) -> list[list[int]]:
+    """Candidate indices grouped by identical reference rows, in first-seen order."""
+    groups: list[list[int]] = []
+    for i, p in enumerate(pairs):
+        for g in groups:
+            if np.array_equal(pairs[g[0]].ref, p.ref):
+                g.append(i)
+                break
+        else:
+            groups.append([i])
+    return groups
+
+
+def _compare(reference, candidates: list, labels: list[str | None], *, thresholds: Thresholds | None, eps: float,
+             top_n_rule: int, worst: int, decode: Decode | None, progress: Progress | None,
+             kernel: str | None) -> list[Report]:
     kernel = metrics.resolve_kernel(kernel or settings().diff_kernel)
-    ref, cand = _open(reference), _open(candidate)
-    for store in (ref, cand):
+    ref = _open(reference)
+    cands = [_open(c) for c in candidates]
+    for store in (ref, *cands):
         # A missing file would read back as zeros and give plausible metrics.
         store.check_complete()
-    warnings = check_compatible(ref, cand)
-    plan = build_plan(ref, cand)
-    warnings += plan.warnings
-    total = plan.total_rows
+    checked = [_checked(ref, c, label) for c, label in zip(cands, labels)]
+    plans = [plan for _, plan in checked]
+    total = sum(plan.total_rows for plan in plans)
     done = 0
 
     def tick(n: int) -> None:
@@ -219,13 +332,33 @@ def diff(
         if progress is not None:
             progress(done, total)
 
-    log.info("diff: %s vs %s, %d row pairs (%s), %s kernel", ref.path, cand.path, total,
-             "forced trajectory" if plan.forced else "free-running", kernel)
+    for cand, plan in zip(cands, plans):
+        log.info("diff: %s vs %s, %d row pairs (%s), %s kernel", ref.path, cand.path, plan.total_rows,
+                 "forced trajectory" if plan.forced else "free-running", kernel)
     if progress is not None:
         progress(0, total)
-    positions = {
-        kind: compare_kind(ref, cand, kind, plan.pairs[kind], eps, tick, kernel) for kind in KINDS
-    }
+    positions: list[dict[str, dict[str, np.ndarray]]] = [{} for _ in cands]
+    for kind in KINDS:
+        pairs = [plan.pairs[kind] for plan in plans]
+        groups = _groups(pairs)
+        for n, group in enumerate(groups):
+            if n and len(pairs[group[0]]):
+                log.debug("%s rows: %d of %d candidates pair other reference rows; reading the reference again",
+                          kind, len(group), len(cands))
+            outs = compare_group(ref, [cands[i] for i in group], kind, [pairs[i] for i in group], eps, tick, kernel)
+            for i, out in zip(group, outs):
+                positions[i][kind] = out
+    reports = [
+        _report(ref, cand, plan, warnings, pos, thresholds=thresholds, eps=eps, top_n_rule=top_n_rule,
+                worst=worst, decode=decode)
+        for cand, (warnings, plan), pos in zip(cands, checked, positions)
+    ]
+    return reports
+
+
+def _report(ref: Store, cand: Store, plan: Plan, warnings: list[str], positions: dict[str, dict[str, np.ndarray]],
+            *, thresholds: Thresholds | None, eps: float, top_n_rule: int, worst: int,
+            decode: Decode | None) -> Report:
     gen, pr = positions[GENERATED], positions[PROMPT]
     for kind in KINDS:
         for k in ("seq", "pos", "token"):
@@ -261,7 +394,7 @@ def diff(
         })
 
     worst_list, detail = _worst(ref, cand, plan, positions, worst, decode, eps)
-    report = Report(
+    return Report(
         reference=_store_info(ref),
         candidate=_store_info(cand),
         forced=plan.forced,
@@ -277,8 +410,6 @@ def diff(
         top_n_rule=top_n_rule,
         positions=positions,
     )
-    log.info("diff done in %.2fs: verdict %s", time.perf_counter() - t0, report.verdict)
-    return report
 
 
 def _worst(ref: Store, cand: Store, plan: Plan, positions: dict, n: int, decode: Decode | None, eps: float):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Sequence
 
 import numpy as np
 
@@ -167,22 +168,33 @@ def build_plan(ref: Store, cand: Store) -> Plan:
     return Plan(forced=forced, sequences=seqs, pairs=pairs, warnings=warnings)
 
 
-def blocks(pairs: Pairs, block_rows: int, align: int = 16) -> list[tuple[int, int]]:
-    """Cuts the pair list into [a, b) slices contiguous in both stores.
+def blocks(pairs: Pairs | Sequence[Pairs], block_rows: int, align: int = 16) -> list[tuple[int, int]]:
+    """Cuts the pair list into [a, b) slices contiguous in the reference and in
+    every candidate.
 
+    ``pairs`` is one candidate's Pairs, or several candidates' that share the
+    reference rows (one pass over the reference serves them all).
     Cuts also fall where the reference row crosses a multiple of ``align``
     past ``block_rows``, so reads start on chunk boundaries where possible.
     """
-    n = len(pairs)
+    group = [pairs] if isinstance(pairs, Pairs) else list(pairs)
+    first = group[0]
+    n = len(first)
+    for p in group[1:]:
+        if not np.array_equal(p.ref, first.ref):
+            raise ValueError("blocks(): the candidates' pairs must share the reference rows")
     if n == 0:
         return []
-    breaks = np.flatnonzero((np.diff(pairs.ref) != 1) | (np.diff(pairs.cand) != 1)) + 1
+    jump = np.diff(first.ref) != 1
+    for p in group:
+        jump |= np.diff(p.cand) != 1
+    breaks = np.flatnonzero(jump) + 1
     bounds = [0, *breaks.tolist(), n]
     out: list[tuple[int, int]] = []
     for a, b in zip(bounds[:-1], bounds[1:]):
         start = a
         while start < b:
-            row = int(pairs.ref[start])
+            row = int(first.ref[start])
             stop_row = (row // align) * align + block_rows
             stop = min(b, start + max(stop_row - row, 1))
             out.append((start, stop))

@@ -9,6 +9,7 @@ import numpy as np
 
 from schemas.store import GENERATED, PROMPT
 
+from .floor import times
 from .report import Report, sequence_slice
 
 MAX_SEQ_ROWS = 20
@@ -142,6 +143,8 @@ def render_text(report: Report, color: bool = True) -> str:
     out += ["", st.bold("Generated positions"), *_summary_lines(r.summary, st)]
     if r.prompt:
         out += ["", st.bold("Prompt positions"), *_summary_lines(r.prompt, st)]
+    if r.floor:
+        out += ["", st.bold("Noise floor (baseline vs reference)"), *_floor_lines(r.floor, st)]
 
     out += ["", st.bold("Sequences"),
             f"  {'seq':>4} {'positions':>9} {'first div':>9} {'KL mean':>11} {'KL max':>11} {'top-1':>7}  vLLM rule"]
@@ -185,7 +188,52 @@ def render_text(report: Report, color: bool = True) -> str:
 
 
 def _thr(r: Report) -> str:
-    return ", ".join(f"{k}={v:g}" for k, v in r.thresholds.to_dict().items() if v is not None)
+    items = [(k, v) for k, v in r.thresholds.to_dict().items() if v is not None]
+    if r.floor and r.floor["max_floor_ratio"] is not None:
+        items.append(("max_floor_ratio", r.floor["max_floor_ratio"]))
+    return ", ".join(f"{k}={v:g}" for k, v in items)
+
+
+def _baseline_label(f: dict) -> str:
+    b = f["baseline"]
+    mode = "full vocab" if b["logprobs"] == -1 else f"top-{b['logprobs']}"
+    free = "" if f["forced_trajectory"] else ", free-running"
+    return f"{b['device']} {b['dtype']} ({mode}{free}) {b['path']}"
+
+
+def _x(r: float | None) -> str:
+    if r is None or math.isinf(r):
+        return times(r)
+    return f"{times(r)}x"
+
+
+def _ratio_line(label: str, rt: dict, limit: float | None) -> str:
+    p99 = rt["kl_p99"]
+    lead = ("is above the baseline's zero floor" if p99 is not None and math.isinf(p99)
+            else f"is {_x(p99)} the baseline floor")
+    line = (f"{label} KL p99 {lead} (mean {_x(rt['kl_mean'])}, max {_x(rt['kl_max'])}, "
+            f"top-1 disagreement {_x(rt['top1_disagreement'])})")
+    return line + (f"; limit {limit:g}x" if limit is not None else "")
+
+
+def _floor_lines(f: dict, st: _Style) -> list[str]:
+    lines = [f"  baseline: {_baseline_label(f)}"]
+    for label, s in (("generated", f["generated"]), ("prompt", f["prompt"])):
+        if s is not None:
+            lines.append(f"  {label:<9}  positions {s['positions']}   KL mean {fmt(s['kl_mean'])}  p99 {fmt(s['kl_p99'])}  "
+                         f"max {fmt(s['kl_max'])}   top-1 agreement {fmt(s['top1_agreement'])}")
+    limit = f["max_floor_ratio"]
+    r = f["ratios"]["kl_p99"]
+    line = "  " + _ratio_line("candidate", f["ratios"], limit)
+    if limit is not None and r is not None:
+        line = st.red(line) if r > limit else st.green(line)
+    lines.append(line)
+    if f["prompt_ratios"]:
+        lines.append("  " + _ratio_line("prompt: candidate", f["prompt_ratios"], None))
+    if f["baseline_verdict"] != "report":
+        lines.append(f"  baseline against the thresholds: {f['baseline_verdict'].upper()}")
+    lines += [st.dim(f"  baseline: {w}") for w in f["warnings"]]
+    return lines
 
 
 # -- HTML ------------------------------------------------------------------
@@ -302,6 +350,39 @@ def _summary_table(s: dict) -> str:
     return _table(["metric", "value"], rows, left=1)
 
 
+def _floor_html(r: Report) -> str:
+    f, e = r.floor, html.escape
+    g, rt = f["generated"], f["ratios"]
+    c = r.summary
+    rows = [
+        ["positions", g["positions"], c["positions"], ""],
+        ["KL mean", fmt(g["kl_mean"]), fmt(c["kl"]["mean"]), _x(rt["kl_mean"])],
+        ["KL p50", fmt(g["kl_p50"]), fmt(c["kl"]["median"]), ""],
+        ["KL p99", fmt(g["kl_p99"]), fmt(c["kl"]["p99"]), _x(rt["kl_p99"])],
+        ["KL max", fmt(g["kl_max"]), fmt(c["kl"]["max"]), _x(rt["kl_max"])],
+        ["top-1 agreement", fmt(g["top1_agreement"]), fmt(c["top1_agreement"]),
+         _x(rt["top1_disagreement"]) + " (disagreement)"],
+    ]
+    parts = [
+        "<h2>Noise floor (baseline vs reference)</h2>",
+        f"<p>baseline: {e(_baseline_label(f))}</p>",
+        _table(["generated positions", "baseline (floor)", "candidate", "candidate / floor"], rows, left=1),
+        f"<p>{e(_ratio_line('candidate', rt, f['max_floor_ratio']))}</p>",
+    ]
+    if f["prompt"] is not None:
+        p = f["prompt"]
+        parts.append(f"<p>prompt positions: baseline KL mean {e(fmt(p['kl_mean']))}, p99 {e(fmt(p['kl_p99']))}, "
+                     f"max {e(fmt(p['kl_max']))}, top-1 {e(fmt(p['top1_agreement']))}"
+                     + (f"; {e(_ratio_line('candidate', f['prompt_ratios'], None))}" if f["prompt_ratios"] else "")
+                     + "</p>")
+    if f["baseline_verdict"] != "report":
+        v = f["baseline_verdict"]
+        parts.append(f'<p>baseline against the thresholds: <span class="{e(v)}">{e(v.upper())}</span></p>')
+    if f["warnings"]:
+        parts.append("<ul>" + "".join(f'<li class="warn">baseline: {e(w)}</li>' for w in f["warnings"]) + "</ul>")
+    return "".join(parts)
+
+
 def render_html(report: Report) -> str:
     r = report
     e = html.escape
@@ -325,6 +406,8 @@ def render_html(report: Report) -> str:
     parts.append("<h2>Generated positions</h2>" + _summary_table(r.summary))
     if r.prompt:
         parts.append("<h2>Prompt positions</h2>" + _summary_table(r.prompt))
+    if r.floor:
+        parts.append(_floor_html(r))
 
     gen = r.positions.get(GENERATED, {})
     pr = r.positions.get(PROMPT, {})

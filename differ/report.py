@@ -14,6 +14,7 @@ import numpy as np
 
 from parity.errors import OutputNotWritableError
 
+from .floor import floor_failures, is_gated
 from .thresholds import Thresholds
 
 JSON_SCHEMA = "parity.diff/1"
@@ -113,9 +114,13 @@ def kl_by_confidence(pos: dict[str, np.ndarray]) -> list[dict[str, Any]]:
 
 
 def evaluate(report: "Report") -> tuple[str, list[str]]:
-    """(verdict, failures) for the report's thresholds."""
+    """(verdict, failures) for the report's thresholds and floor gate.
+
+    Any gate (a threshold or ``max_floor_ratio``) turns on the checks that
+    need none (NaN positions, vLLM's rule at the first divergence).
+    """
     t = report.thresholds
-    if t.is_empty():
+    if t.is_empty() and not is_gated(report.floor):
         return "report", []
     failures: list[str] = []
     parts = [("generated", report.summary)]
@@ -137,6 +142,7 @@ def evaluate(report: "Report") -> tuple[str, list[str]]:
             failures.append(f"{label}: {s['nan_positions']} positions hold NaN")
         if t.max_kl is not None and s["nonfinite_kl_positions"] and kl["max"] is not None and math.isfinite(kl["max"]):
             failures.append(f"{label}: {s['nonfinite_kl_positions']} positions have non-finite KL")
+    failures += floor_failures(report.floor, report.summary)
     for seq in report.sequences:
         div = seq.get("divergence")
         if div and not div["passes"]:
@@ -194,6 +200,8 @@ class Report:
     worst_detail: dict | None = None
     eps: float = 0.5
     top_n_rule: int = 5
+    # Baseline vs reference and the candidate's ratios to it (floor.py); None without a baseline.
+    floor: dict | None = None
     verdict: str = "report"
     failures: list[str] = field(default_factory=list)
     # Per-position arrays by row kind ("generated", "prompt"); not in the JSON.
@@ -225,6 +233,7 @@ class Report:
             "worst_detail": self.worst_detail,
             "eps": self.eps,
             "top_n_rule": self.top_n_rule,
+            "floor": self.floor,
         }
 
     def to_json(self) -> str:

@@ -34,6 +34,27 @@ RepoOpt = Annotated[Optional[str], typer.Option("--repo", help="Hub dataset repo
 JsonFlag = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
 NoColor = Annotated[bool, typer.Option("--no-color", help="Disable ANSI colours.")]
 OutDir = Annotated[Optional[Path], typer.Option("--out", help="Directory in which the store is created (default: the parity cache).")]
+MaxKl = Annotated[Optional[float], typer.Option("--max-kl", help="Fail if any position's KL exceeds this (nats).")]
+MaxMeanKl = Annotated[Optional[float], typer.Option("--max-mean-kl")]
+MinTop1 = Annotated[Optional[float], typer.Option("--min-top1", help="Minimum argmax agreement rate (0-1).")]
+MaxAbs = Annotated[Optional[float], typer.Option("--max-abs", help="Maximum |delta logprob|.")]
+Tolerance = Annotated[Optional[str], typer.Option("--tolerance", help="Named thresholds: fp32 | bf16.")]
+Eps = Annotated[float, typer.Option("--eps", help="Outlier threshold on |delta logprob|.")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="cpu | rbln | hf (transformers float32 reference).")]
+ModelOpt = Annotated[str, typer.Option("--model", help="Preset name, Hugging Face id, or local model directory.")]
+MaxModelLen = Annotated[int, typer.Option("--max-model-len")]
+DtypeOpt = Annotated[str, typer.Option("--dtype")]
+SeedOpt = Annotated[int, typer.Option("--seed")]
+BatchOpt = Annotated[int, typer.Option("--batch", help="max_num_seqs; 1 keeps CPU numerics batch-independent.")]
+TpOpt = Annotated[int, typer.Option("--tp")]
+PpOpt = Annotated[int, typer.Option("--pp")]
+ExecutorOpt = Annotated[Optional[str], typer.Option("--distributed-executor-backend", help="vLLM's executor for --tp/--pp > 1: mp (default) | ray | uni.")]
+BlockSizeOpt = Annotated[Optional[int], typer.Option("--block-size", help="KV-cache block size (rbln default: --max-model-len).")]
+TrustRemoteCode = Annotated[bool, typer.Option("--trust-remote-code")]
+RblnPath = Annotated[str, typer.Option("--rbln-path", help="rbln model path: auto (optimum on RBLN-CA*, vllm-model elsewhere) | vllm-model | optimum.")]
+RblnHostLogits = Annotated[bool, typer.Option("--rbln-host-logits", help="rbln: keep logits on the host (VLLM_RBLN_USE_DEVICE_TENSOR=0).")]
+RblnFreshCompile = Annotated[bool, typer.Option("--rbln-fresh-compile", help="rbln: compile again instead of using the compile cache (VLLM_DISABLE_COMPILE_CACHE=1).")]
+ReuseFlag = Annotated[bool, typer.Option("--reuse/--no-reuse", help="Take a depth's store from --out when that exact recording is there (resumes).")]
 
 
 def _setup_logging() -> None:
@@ -58,7 +79,9 @@ def record(
     max_tokens: Annotated[int, typer.Option("--max-tokens", help="Tokens to generate per prompt.")] = 32,
     logprobs: Annotated[int, typer.Option("--logprobs", help="-1: full vocabulary; N: top-N ids and values.")] = -1,
     prompt_logprobs: Annotated[Optional[bool], typer.Option("--prompt-logprobs/--no-prompt-logprobs", help="Record prompt positions (default: on for cpu and hf; refused on rbln).")] = None,
-    num_hidden_layers: Annotated[Optional[int], typer.Option("--num-hidden-layers", help="Override the model's layer count.")] = None,
+    num_hidden_layers: Annotated[Optional[int], typer.Option("--num-hidden-layers", help="Record the model cut to its first K layers (final norm and LM head kept).")] = None,
+    depths: Annotated[Optional[str], typer.Option("--depths", help="One store per depth, e.g. 1,2,4,all | 1-8 | every (goldens for parity bisect).")] = None,
+    reuse: ReuseFlag = True,
     max_model_len: Annotated[int, typer.Option("--max-model-len")] = 1024,
     dtype: Annotated[str, typer.Option("--dtype")] = "float32",
     seed: Annotated[int, typer.Option("--seed")] = 0,
@@ -101,6 +124,12 @@ def record(
         cfg = dataclasses.replace(cfg, golden=golden_path)
         for line in notes:
             sink.note(line)
+    if depths is not None:
+        if dry_run or golden or diff:
+            raise UsageError("--depths records goldens: it does not combine with --dry-run, --golden or --diff",
+                             hint="to follow goldens at several depths use parity bisect")
+        _record_depths(cfg, depths, sink, reuse=reuse)
+        return
     if dry_run:
         from recorder.dryrun import dry_run as plan_dry_run
 
@@ -123,6 +152,26 @@ def record(
     sink.result(str(result.path))
 
 
+def _recording_bar(sink: Output):
+    return lambda p: sink.bar(p.positions, p.total,
+                              f"{p.positions / max(p.elapsed, 1e-9):.0f} pos/s {human_bytes(p.bytes_written)}")
+
+
+def _record_depths(cfg, depths: str, sink: Output, *, reuse: bool) -> None:
+    from recorder.depths import record_depths
+
+    def done(rec) -> None:
+        sink.finish()
+        m = rec.manifest
+        how = "reused" if rec.reused else f"recorded at {m.run.get('timings', {}).get('generated_tokens_per_s')} tok/s"
+        sink.note(f"depth {rec.depth}/{rec.total}: {how}; {m.generated_positions} generated + "
+                  f"{m.prompt_positions} prompt positions; request key {m.request_key}")
+
+    with stdout_to_stderr():
+        recs = record_depths(cfg, depths, progress=_recording_bar(sink), on_done=done, reuse=reuse)
+    sink.result("\n".join(str(r.path) for r in recs))
+
+
 # diff -------------------------------------------------------------------------
 @app.command()
 def diff(
@@ -138,6 +187,8 @@ def diff(
     worst: Annotated[int, typer.Option("--worst", help="How many worst positions to list.")] = 10,
     json_path: Annotated[Optional[Path], typer.Option("--json", help="Write the JSON report here.")] = None,
     html_path: Annotated[Optional[Path], typer.Option("--html", help="Write a self-contained HTML report here.")] = None,
+    baseline: Annotated[Optional[str], typer.Option("--baseline", help="A store of accepted numerics (e.g. bf16, or --device hf) diffed against the reference in the same pass: the measured noise floor the candidate is set beside.")] = None,
+    max_floor_ratio: Annotated[Optional[float], typer.Option("--max-floor-ratio", help="Fail if the candidate's generated KL p99 exceeds R times the baseline's (needs --baseline).")] = None,
     no_color: NoColor = False,
 ) -> None:
     """Compare two stores: KL, top-k agreement, deltas, first divergence, verdict.
@@ -150,9 +201,13 @@ def diff(
     thresholds = differ.Thresholds(max_kl=max_kl, max_mean_kl=max_mean_kl, min_top1=min_top1, max_abs=max_abs)
     if tolerance:
         thresholds = differ.Thresholds.preset(tolerance).merge(thresholds)
+    if max_floor_ratio is not None and baseline is None:
+        raise UsageError("--max-floor-ratio needs --baseline STORE: the floor is measured on a baseline store")
     ref, cand = (_resolve_any(s, repo) for s in (reference, candidate))
+    base = _resolve_any(baseline, repo) if baseline else None
     sink = Output(progress=not settings().no_progress)
-    report = differ.diff(ref, cand, thresholds=thresholds, eps=eps, worst=worst,
+    report = differ.diff(ref, cand, thresholds=thresholds, eps=eps, worst=worst, baseline=base,
+                         max_floor_ratio=max_floor_ratio,
                          progress=lambda done, total: sink.bar(done, total, "rows"))
     sink.finish()
     if json_path:
@@ -181,6 +236,75 @@ def _resolve_any(ref: str, repo: str | None) -> Path:
     if goldens.is_hub_reference(ref) or repo:
         return goldens.resolve_store(ref, repo=repo)
     return local
+
+
+# bisect -------------------------------------------------------------------------
+@app.command()
+def bisect(
+    golden: Annotated[list[str], typer.Option("--golden", help="Goldens at several depths: a directory of stores, store paths (repeat the option), or a Hub repo ORG/NAME.")],
+    device: DeviceOpt = "cpu",
+    model: ModelOpt = "tiny",
+    sweep: Annotated[bool, typer.Option("--sweep", help="Probe every golden depth instead of a binary search.")] = False,
+    depths: Annotated[Optional[str], typer.Option("--depths", help="Only probe these depths, e.g. 1-8,all.")] = None,
+    reuse: ReuseFlag = True,
+    max_kl: MaxKl = None,
+    max_mean_kl: MaxMeanKl = None,
+    min_top1: MinTop1 = None,
+    max_abs: MaxAbs = None,
+    tolerance: Tolerance = None,
+    eps: Eps = 0.5,
+    max_model_len: MaxModelLen = 1024,
+    dtype: DtypeOpt = "float32",
+    seed: SeedOpt = 0,
+    batch: BatchOpt = 1,
+    tp: TpOpt = 1,
+    pp: PpOpt = 1,
+    executor: ExecutorOpt = None,
+    block_size: BlockSizeOpt = None,
+    trust_remote_code: TrustRemoteCode = False,
+    rbln_path: RblnPath = "auto",
+    rbln_host_logits: RblnHostLogits = False,
+    rbln_fresh_compile: RblnFreshCompile = False,
+    out: OutDir = None,
+    json_path: Annotated[Optional[Path], typer.Option("--json", help="Write the parity.bisect/1 JSON here.")] = None,
+    html_path: Annotated[Optional[Path], typer.Option("--html", help="Write a self-contained HTML page (KL against depth) here.")] = None,
+    no_color: NoColor = False,
+) -> None:
+    """Find the first depth (layer count) at which the device drifts from goldens recorded at several depths.
+
+    Exit 0: no probed depth fails, 1: one does (named on the last line), 2: unusable input.
+    """
+    import differ
+    from differ.report import write_atomic
+    from recorder import EngineOptions, RecordConfig
+    from recorder.bisect import bisect as run_bisect, render_html, render_text
+
+    thresholds = differ.Thresholds(max_kl=max_kl, max_mean_kl=max_mean_kl, min_top1=min_top1, max_abs=max_abs)
+    if tolerance:
+        thresholds = differ.Thresholds.preset(tolerance).merge(thresholds)
+    if batch < 1 or tp < 1 or pp < 1:
+        raise UsageError("--batch, --tp and --pp must be at least 1")
+    cfg = RecordConfig(model=model, device=device, out=out, engine=EngineOptions(
+        dtype=dtype, max_model_len=max_model_len, seed=seed, batch=batch, tp=tp, pp=pp, executor=executor,
+        block_size=block_size, trust_remote_code=trust_remote_code, rbln_path=rbln_path,
+        rbln_host_logits=rbln_host_logits, rbln_fresh_compile=rbln_fresh_compile))
+    sink = Output(progress=not settings().no_progress)
+
+    def probed(r) -> None:
+        sink.finish()
+        sink.note(f"depth {r.depth}: {r.verdict} (KL max {differ.render.fmt(r.kl.get('max'))}, top-1 "
+                  f"{differ.render.fmt(r.top1_agreement)}){' [reused]' if r.candidate.reused else ''}")
+
+    with stdout_to_stderr():
+        result = run_bisect(cfg, golden, thresholds=thresholds, eps=eps, sweep=sweep, depths=depths, reuse=reuse,
+                            progress=_recording_bar(sink), on_probe=probed, note=sink.note)
+    sink.finish()
+    if json_path:
+        write_atomic(json_path, result.to_json())
+    if html_path:
+        write_atomic(html_path, render_html(result))
+    sink.result(render_text(result, color=not no_color and sink.color))
+    raise typer.Exit(result.exit_code)
 
 
 # show / verify -----------------------------------------------------------------
@@ -236,17 +360,23 @@ def verify(store: StoreArg, repo: RepoOpt = None) -> None:
 # hub -------------------------------------------------------------------------
 @app.command()
 def push(
-    store: StoreArg,
+    stores: Annotated[list[str], typer.Argument(help="Store directories, or directories of stores (a set of depths, say).")],
     repo: Annotated[str, typer.Option("--repo", help="Hub dataset repository ORG/NAME.")],
     private: Annotated[bool, typer.Option("--private", help="Create the repository as private.")] = False,
 ) -> None:
-    """Upload a store to a Hub dataset repository (a no-op if it is there)."""
+    """Upload stores to a Hub dataset repository in one commit (those already there are skipped)."""
     import goldens
+    from schemas import stores_in
 
     sink = Output()
-    result = goldens.push(Path(store), repo, private=private)
-    sink.note(f"uploaded {result.files} files" if result.uploaded else "already on the Hub: nothing uploaded")
-    sink.result(result.ref)
+    results = goldens.push_many(stores_in(stores), repo, private=private)
+    uploaded = [r for r in results if r.uploaded]
+    if not uploaded:
+        sink.note("already on the Hub: nothing uploaded")
+    else:
+        sink.note(f"uploaded {len(uploaded)} store(s), {sum(r.files for r in uploaded)} files"
+                  + (f"; {len(results) - len(uploaded)} already there" if len(uploaded) < len(results) else ""))
+    sink.result("\n".join(r.ref for r in results))
 
 
 @app.command()
