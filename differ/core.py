@@ -267,8 +267,6 @@ def compare(
     if isinstance(candidates, (str, Path, Store)):
         raise UsageError("compare() takes a list of candidate stores; diff() compares one")
     candidates = list(candidates)
-    if not candidates:
-        raise UsageError("compare() needs at least one candidate store")
     labels = [None] if len(candidates) == 1 else [f"candidate {i + 1}" for i in range(len(candidates))]
     t0 = time.perf_counter()
     reports = _compare(reference, candidates, labels, thresholds=thresholds, eps=eps, top_n_rule=top_n_rule,

@@ -70,8 +70,8 @@ def _setup_logging() -> None:
 # record -----------------------------------------------------------------------
 @app.command()
 def record(
-    device: Annotated[str, typer.Option("--device", help="cpu | rbln | hf (transformers float32 reference).")] = "cpu",
-    model: Annotated[str, typer.Option("--model", help="Preset name, Hugging Face id, or local model directory.")] = "tiny",
+    device: DeviceOpt = "cpu",
+    model: ModelOpt = "tiny",
     golden: Annotated[Optional[str], typer.Option("--golden", help="Follow this golden's token trajectory (store path or hub reference/repo).")] = None,
     prompts: Annotated[Optional[list[str]], typer.Option("--prompts", help="A prompt (repeat the option for more).")] = None,
     prompts_file: Annotated[Optional[Path], typer.Option("--prompts-file", help=".txt (one prompt per line) or .jsonl ({\"prompt\": ...} per line).")] = None,
@@ -82,20 +82,20 @@ def record(
     num_hidden_layers: Annotated[Optional[int], typer.Option("--num-hidden-layers", help="Record the model cut to its first K layers (final norm and LM head kept).")] = None,
     depths: Annotated[Optional[str], typer.Option("--depths", help="One store per depth, e.g. 1,2,4,all | 1-8 | every (goldens for parity bisect).")] = None,
     reuse: ReuseFlag = True,
-    max_model_len: Annotated[int, typer.Option("--max-model-len")] = 1024,
-    dtype: Annotated[str, typer.Option("--dtype")] = "float32",
-    seed: Annotated[int, typer.Option("--seed")] = 0,
-    batch: Annotated[int, typer.Option("--batch", help="max_num_seqs; 1 keeps CPU numerics batch-independent.")] = 1,
-    tp: Annotated[int, typer.Option("--tp")] = 1,
-    pp: Annotated[int, typer.Option("--pp")] = 1,
+    max_model_len: MaxModelLen = 1024,
+    dtype: DtypeOpt = "float32",
+    seed: SeedOpt = 0,
+    batch: BatchOpt = 1,
+    tp: TpOpt = 1,
+    pp: PpOpt = 1,
     dp: Annotated[int, typer.Option("--dp")] = 1,
     ep: Annotated[bool, typer.Option("--ep", help="Expert parallel (MoE).")] = False,
-    executor: Annotated[Optional[str], typer.Option("--distributed-executor-backend", help="vLLM's executor for --tp/--pp > 1: mp (default) | ray | uni.")] = None,
-    block_size: Annotated[Optional[int], typer.Option("--block-size", help="KV-cache block size (rbln default: --max-model-len).")] = None,
-    trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code")] = False,
-    rbln_path: Annotated[str, typer.Option("--rbln-path", help="rbln model path: auto (optimum on RBLN-CA*, vllm-model elsewhere) | vllm-model | optimum.")] = "auto",
-    rbln_host_logits: Annotated[bool, typer.Option("--rbln-host-logits", help="rbln: keep logits on the host (VLLM_RBLN_USE_DEVICE_TENSOR=0).")] = False,
-    rbln_fresh_compile: Annotated[bool, typer.Option("--rbln-fresh-compile", help="rbln: compile again instead of using the compile cache (VLLM_DISABLE_COMPILE_CACHE=1).")] = False,
+    executor: ExecutorOpt = None,
+    block_size: BlockSizeOpt = None,
+    trust_remote_code: TrustRemoteCode = False,
+    rbln_path: RblnPath = "auto",
+    rbln_host_logits: RblnHostLogits = False,
+    rbln_fresh_compile: RblnFreshCompile = False,
     out: OutDir = None,
     repo: RepoOpt = None,
     diff: Annotated[bool, typer.Option("--diff", help="Diff against the golden at the end and print the report.")] = False,
@@ -178,12 +178,12 @@ def diff(
     reference: StoreArg,
     candidate: StoreArg,
     repo: RepoOpt = None,
-    max_kl: Annotated[Optional[float], typer.Option("--max-kl", help="Fail if any position's KL exceeds this (nats).")] = None,
-    max_mean_kl: Annotated[Optional[float], typer.Option("--max-mean-kl")] = None,
-    min_top1: Annotated[Optional[float], typer.Option("--min-top1", help="Minimum argmax agreement rate (0-1).")] = None,
-    max_abs: Annotated[Optional[float], typer.Option("--max-abs", help="Maximum |delta logprob|.")] = None,
-    tolerance: Annotated[Optional[str], typer.Option("--tolerance", help="Named thresholds: fp32 | bf16.")] = None,
-    eps: Annotated[float, typer.Option("--eps", help="Outlier threshold on |delta logprob|.")] = 0.5,
+    max_kl: MaxKl = None,
+    max_mean_kl: MaxMeanKl = None,
+    min_top1: MinTop1 = None,
+    max_abs: MaxAbs = None,
+    tolerance: Tolerance = None,
+    eps: Eps = 0.5,
     worst: Annotated[int, typer.Option("--worst", help="How many worst positions to list.")] = 10,
     json_path: Annotated[Optional[Path], typer.Option("--json", help="Write the JSON report here.")] = None,
     html_path: Annotated[Optional[Path], typer.Option("--html", help="Write a self-contained HTML report here.")] = None,
@@ -198,9 +198,7 @@ def diff(
     import differ
     from differ.report import write_atomic
 
-    thresholds = differ.Thresholds(max_kl=max_kl, max_mean_kl=max_mean_kl, min_top1=min_top1, max_abs=max_abs)
-    if tolerance:
-        thresholds = differ.Thresholds.preset(tolerance).merge(thresholds)
+    thresholds = _thresholds(tolerance, max_kl=max_kl, max_mean_kl=max_mean_kl, min_top1=min_top1, max_abs=max_abs)
     if max_floor_ratio is not None and baseline is None:
         raise UsageError("--max-floor-ratio needs --baseline STORE: the floor is measured on a baseline store")
     ref, cand = (_resolve_any(s, repo) for s in (reference, candidate))
@@ -216,6 +214,14 @@ def diff(
         write_atomic(html_path, differ.render_html(report))
     sink.result(differ.render_text(report, color=not no_color and sink.color))
     raise typer.Exit(report.exit_code)
+
+
+def _thresholds(tolerance: str | None, **explicit):
+    """A named preset, with the explicitly given thresholds on top."""
+    import differ
+
+    given = differ.Thresholds(**explicit)
+    return differ.Thresholds.preset(tolerance).merge(given) if tolerance else given
 
 
 def _print_diff(ref: Path, cand: Path, sink: Output, *, color: bool) -> None:
@@ -279,9 +285,7 @@ def bisect(
     from recorder import EngineOptions, RecordConfig
     from recorder.bisect import bisect as run_bisect, render_html, render_text
 
-    thresholds = differ.Thresholds(max_kl=max_kl, max_mean_kl=max_mean_kl, min_top1=min_top1, max_abs=max_abs)
-    if tolerance:
-        thresholds = differ.Thresholds.preset(tolerance).merge(thresholds)
+    thresholds = _thresholds(tolerance, max_kl=max_kl, max_mean_kl=max_mean_kl, min_top1=min_top1, max_abs=max_abs)
     if batch < 1 or tp < 1 or pp < 1:
         raise UsageError("--batch, --tp and --pp must be at least 1")
     cfg = RecordConfig(model=model, device=device, out=out, engine=EngineOptions(

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from parity.errors import GoldenNotFoundError, ParityError, UsageError
+from parity.errors import GoldenNotFoundError, UsageError
 from schemas import Manifest, Store, stores_in
 
 from .depths import DepthRecording, at_depth, parse_depths, record_or_reuse

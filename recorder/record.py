@@ -12,7 +12,6 @@ removed on the way out.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import datetime as dt
 import logging
 import os
@@ -127,7 +126,6 @@ class Plan:
     golden: Store | None
     out: Path
     depth: Depth | None = None  # --num-hidden-layers, checked against the model (None: the full model)
-    engine: EngineOptions | None = None  # cfg.engine with the layer count normalised
 
     @property
     def prompt_ids(self) -> list[list[int]]:
@@ -184,7 +182,6 @@ def plan_recording(cfg: RecordConfig, *, check_out: bool = True) -> Plan:
             # The full model: the same request (and key) as a recording without the option.
             log.debug("the model has %d layers: --num-hidden-layers %d records the full model", depth.total,
                      depth.requested)
-    engine = cfg.engine
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer or model.path, trust_remote_code=cfg.engine.trust_remote_code)
@@ -245,16 +242,15 @@ def plan_recording(cfg: RecordConfig, *, check_out: bool = True) -> Plan:
         seed=cfg.engine.seed,
         num_hidden_layers=depth.requested if depth is not None and depth.truncated else None,
     )
-    profile.validate(engine, request)
-    return Plan(profile, model, tokenizer, request, prompt_texts, trajectories, golden_store, out, depth, engine)
+    profile.validate(cfg.engine, request)
+    return Plan(profile, model, tokenizer, request, prompt_texts, trajectories, golden_store, out, depth)
 
 
 def record(cfg: RecordConfig, progress: Callable[[Progress], None] | None = None, *,
            plan: Plan | None = None) -> RecordResult:
     """Records one store; returns its path, manifest and timings (``plan``: from plan_recording(cfg))."""
     plan = plan or plan_recording(cfg)
-    cfg = dataclasses.replace(cfg, engine=plan.engine)
-    profile, model, golden_store = plan.profile, plan.model, plan.golden
+    profile, model = plan.profile, plan.model
     engine_model = model.path
     if plan.depth is not None and plan.depth.truncated and profile.layer_truncation(cfg.engine) == TRUNCATE_CHECKPOINT:
         engine_model = truncated_dir(model.path, plan.depth, settings().cache_dir, plan.request.model.weights_digest)
