@@ -100,7 +100,8 @@ def attach_floor(report: "Report", base: "Report", max_floor_ratio: float | None
     if base.verdict == "fail":
         warnings.append(f"the baseline itself fails the thresholds ({base.failures[0]}): "
                         "they are tighter than the numerics it stands for")
-    floor_warnings = list(base.warnings)
+    # The checks were written for a candidate; here the other side is the baseline.
+    floor_warnings = [w.replace("candidate", "baseline") for w in base.warnings]
     diverged = sum(s["first_divergence"] is not None for s in base.sequences)
     if not base.forced and diverged:
         floor_warnings.append(f"the baseline is free-running and diverges in {diverged} of {len(base.sequences)} "
