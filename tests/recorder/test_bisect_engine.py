@@ -162,3 +162,30 @@ def test_bisect_command_sweeps_on_the_hf_device(depth_goldens, drifting_model, t
     page = html_path.read_text()
     assert page.count("<circle") == 3 * LAYERS and "first drift" in page and "http" not in page.replace(
         "http://www.w3.org/2000/svg", "")
+
+
+def test_a_qwen2_model_with_tied_embeddings_and_layer_types_is_cut_too(deep_model, tmp_path):
+    """The issue's second architecture: per-layer `layer_types` and no lm_head tensor of its own."""
+    import torch
+    from transformers import AutoModelForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    from recorder import record
+
+    qwen = tmp_path / "qwen2"
+    config = Qwen2Config(vocab_size=4096, hidden_size=128, intermediate_size=256, num_hidden_layers=3,
+                         num_attention_heads=2, num_key_value_heads=1, head_dim=64, max_position_embeddings=512,
+                         tie_word_embeddings=True, torch_dtype="float32")
+    torch.manual_seed(0)
+    Qwen2ForCausalLM(config).save_pretrained(qwen, safe_serialization=True)
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(deep_model / f, qwen / f)
+    result = record(RecordConfig(model=str(qwen), prompts=PROMPTS[:1], max_tokens=4, out=tmp_path / "s",
+                                 engine=EngineOptions(max_model_len=256, num_hidden_layers=1)))
+    store = Store.open(result.path)
+    assert store.manifest.request.num_hidden_layers == 1
+    cut = AutoModelForCausalLM.from_pretrained(qwen, dtype=torch.float32, num_hidden_layers=1)
+    s = store.manifest.sequences[0]
+    with torch.no_grad():
+        want = cut(torch.tensor([list(store.tokens(0))])).logits[0].log_softmax(-1).numpy()
+    gen = store.sequence_rows(GENERATED, 0)
+    assert np.abs(gen - want[s.prompt_len - 1:s.prompt_len - 1 + len(gen)]).max() <= 1e-3
