@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Callable
 
 from parity.errors import GoldenNotFoundError, UsageError
+from differ.render import fmt as _fmt
 from schemas import Manifest, Store, stores_in
 
 from .depths import DepthRecording, at_depth, parse_depths, record_or_reuse
@@ -299,18 +300,6 @@ def bisect(cfg: RecordConfig, golden_refs: list[str], *, thresholds=None, eps: f
 
 
 # -- reports ----------------------------------------------------------------------
-def _fmt(x) -> str:
-    if x is None:
-        return "n/a"
-    if isinstance(x, float):
-        if math.isnan(x):
-            return "nan"
-        if math.isinf(x):
-            return "inf"
-        return f"{x:.3e}" if x and (abs(x) < 1e-3 or abs(x) >= 1e4) else f"{x:.4f}"
-    return str(x)
-
-
 def render_text(result: BisectResult, color: bool = False) -> str:
     def paint(verdict: str) -> str:
         if not color:

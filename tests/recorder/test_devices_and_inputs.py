@@ -20,15 +20,6 @@ def _request(prompt_logprobs: bool = False) -> Request:
                    prompt_logprobs=prompt_logprobs, dtype="float32", max_model_len=1024, seed=0)
 
 
-@pytest.fixture
-def no_npu_env(monkeypatch):
-    """No NPU name and none of the plugin's selector variables: the plan is decided by options alone."""
-    for var in ("RBLN_FORCE_NPU_NAME", "RBLN_TARGET_SOC", "VLLM_PLUGINS", "VLLM_RBLN_USE_VLLM_MODEL",
-                "VLLM_RBLN_COMPILE_ONLY"):
-        monkeypatch.delenv(var, raising=False)
-    return monkeypatch
-
-
 def test_rbln_environment_sets_only_what_vllm_rbln_0_12_reads(no_npu_env):
     rbln = get_profile("rbln")
     for opts in (EngineOptions(), EngineOptions(batch=4)):

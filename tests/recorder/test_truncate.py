@@ -151,15 +151,7 @@ def test_bad_depth_specs_are_usage_errors(spec):
         parse_depths(spec, 8)
 
 
-@pytest.fixture
-def rbln_env(monkeypatch):
-    for var in ("RBLN_FORCE_NPU_NAME", "RBLN_TARGET_SOC", "VLLM_PLUGINS", "VLLM_RBLN_USE_VLLM_MODEL",
-                "VLLM_RBLN_NUM_HIDDEN_LAYERS"):
-        monkeypatch.delenv(var, raising=False)
-    return monkeypatch
-
-
-def test_rbln_cuts_layers_the_way_the_plugin_supports(rbln_env, four_layers):
+def test_rbln_cuts_layers_the_way_the_plugin_supports(no_npu_env, four_layers):
     from recorder.devices.base import TRUNCATE_CHECKPOINT, TRUNCATE_HF_OVERRIDES, TRUNCATE_PLUGIN_ENV
 
     rbln = get_profile("rbln")
@@ -179,36 +171,36 @@ def test_rbln_cuts_layers_the_way_the_plugin_supports(rbln_env, four_layers):
                                                 get_profile("cpu"), four_layers, None)
 
 
-def test_rbln_refuses_a_layer_limit_the_store_would_not_record(rbln_env):
+def test_rbln_refuses_a_layer_limit_the_store_would_not_record(no_npu_env):
     from schemas import ModelRef, Request
 
     request = Request(model=ModelRef(id="m"), prompts=((1, 2),), max_tokens=2, logprobs=-1, prompt_logprobs=False,
                       dtype="float32", max_model_len=1024, seed=0)
     rbln = get_profile("rbln")
-    rbln_env.setenv("VLLM_RBLN_NUM_HIDDEN_LAYERS", "3")
+    no_npu_env.setenv("VLLM_RBLN_NUM_HIDDEN_LAYERS", "3")
     with pytest.raises(UsageError, match="VLLM_RBLN_NUM_HIDDEN_LAYERS=3"):
         rbln.validate(EngineOptions(rbln_path="vllm-model"), request)
     rbln.validate(EngineOptions(rbln_path="vllm-model", num_hidden_layers=3), request)  # the same limit: fine
-    rbln_env.delenv("VLLM_RBLN_NUM_HIDDEN_LAYERS")
+    no_npu_env.delenv("VLLM_RBLN_NUM_HIDDEN_LAYERS")
     with pytest.raises(UsageError, match="smaller than --pp 4"):
         rbln.validate(EngineOptions(rbln_path="vllm-model", num_hidden_layers=2, pp=4, batch=4), request)
 
 
-def test_rbln_refuses_a_process_whose_plugin_loaded_without_the_limit(rbln_env):
+def test_rbln_refuses_a_process_whose_plugin_loaded_without_the_limit(no_npu_env):
     """The plugin patches vLLM's get_pp_indices once, at load; stand-in for the loaded plugin module only."""
     import vllm.distributed.utils as utils
 
     rbln = get_profile("rbln")
     opts = EngineOptions(rbln_path="vllm-model", num_hidden_layers=2)
     rbln.before_engine(opts)  # plugin not loaded in this process yet: fine
-    rbln_env.setitem(sys.modules, "vllm_rbln", types.ModuleType("vllm_rbln"))
+    no_npu_env.setitem(sys.modules, "vllm_rbln", types.ModuleType("vllm_rbln"))
     with pytest.raises(EngineError, match="without a layer limit"):
         rbln.before_engine(opts)
 
     def patched_get_pp_indices(num_hidden_layers, pp_rank, pp_size):  # the plugin's patch, by name
         return 0, num_hidden_layers
 
-    rbln_env.setattr(utils, "get_pp_indices", patched_get_pp_indices)
+    no_npu_env.setattr(utils, "get_pp_indices", patched_get_pp_indices)
     rbln.before_engine(opts)
     rbln.before_engine(EngineOptions(rbln_path="vllm-model"))  # no limit asked: nothing to check
 
