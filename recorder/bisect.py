@@ -328,6 +328,10 @@ def render_text(result: BisectResult, color: bool = False) -> str:
     return "\n".join(lines)
 
 
+def _short(digest: str) -> str:
+    return digest.split(":")[-1][:16]
+
+
 def render_html(result: BisectResult) -> str:
     """A self-contained page: KL (mean, p99, max) against depth on a log scale, and the table."""
     w, h, pad = 760, 320, 56
@@ -354,8 +358,9 @@ def render_html(result: BisectResult) -> str:
            f'aria-label="KL against depth">']
     for e in range(lo, hi + 1):
         yy = h - pad - (h - 2 * pad) * ((e - lo) / (hi - lo))
+        label = f"1e{e}" if e > -12 else "\u2264 1e-12"  # zero KL is drawn on the floor
         svg.append(f'<line x1="{pad}" x2="{w - pad}" y1="{yy:.1f}" y2="{yy:.1f}" stroke="#ddd"/>'
-                   f'<text x="{pad - 6}" y="{yy + 4:.1f}" text-anchor="end" font-size="11">1e{e}</text>')
+                   f'<text x="{pad - 6}" y="{yy + 4:.1f}" text-anchor="end" font-size="11">{label}</text>')
     for d in range(d0, d1 + 1):
         svg.append(f'<text x="{x(d):.1f}" y="{h - pad + 16}" text-anchor="middle" font-size="11">{d}</text>')
     svg.append(f'<text x="{w / 2}" y="{h - 12}" text-anchor="middle" font-size="12">depth (layers)</text>'
@@ -364,7 +369,7 @@ def render_html(result: BisectResult) -> str:
     limit = result.thresholds.get("max_kl")
     if isinstance(limit, (int, float)) and limit > 0:
         svg.append(f'<line x1="{pad}" x2="{w - pad}" y1="{y(limit):.1f}" y2="{y(limit):.1f}" stroke="#c00" '
-                   f'stroke-dasharray="5 4"/><text x="{w - pad}" y="{y(limit) - 4:.1f}" text-anchor="end" '
+                   f'stroke-dasharray="5 4"/><text x="{pad + 4}" y="{y(limit) - 4:.1f}" text-anchor="start" '
                    f'font-size="11" fill="#c00">max KL {limit:g}</text>')
     for key, colour in (("mean", "#1f77b4"), ("p99", "#ff7f0e"), ("max", "#2ca02c")):
         line = [(x(r.depth), y(r.kl[key])) for r in pts if isinstance(r.kl.get(key), float) and math.isfinite(r.kl[key])]
@@ -385,14 +390,15 @@ def render_html(result: BisectResult) -> str:
     rows = "".join(
         f"<tr class='{r.verdict}'><td>{r.depth}/{result.total_layers}</td><td>{r.verdict}</td>"
         f"<td>{_fmt(r.kl.get('mean'))}</td><td>{_fmt(r.kl.get('p99'))}</td><td>{_fmt(r.kl.get('max'))}</td>"
-        f"<td>{_fmt(r.top1_agreement)}</td><td><code>{html.escape(r.golden.digest)}</code></td>"
-        f"<td><code>{html.escape(r.candidate.manifest.digest)}</code>{' (reused)' if r.candidate.reused else ''}</td></tr>"
+        f"<td>{_fmt(r.top1_agreement)}</td><td><code title='{html.escape(r.golden.digest)}'>"
+        f"{html.escape(_short(r.golden.digest))}</code></td><td><code title='{html.escape(str(r.candidate.path))}'>"
+        f"{html.escape(_short(r.candidate.manifest.digest))}</code>{' (reused)' if r.candidate.reused else ''}</td></tr>"
         for r in pts)
     title = html.escape(f"parity bisect: {result.model} on {result.device}")
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{title}</title>
 <style>body{{font:14px system-ui,sans-serif;margin:24px;color:#222}} table{{border-collapse:collapse}}
-td,th{{padding:3px 10px;border-bottom:1px solid #eee;text-align:left}} tr.fail td:nth-child(2){{color:#c00;font-weight:600}}
+td,th{{padding:3px 10px;white-space:nowrap;border-bottom:1px solid #eee;text-align:left}} tr.fail td:nth-child(2){{color:#c00;font-weight:600}}
 tr.pass td:nth-child(2){{color:#080}} code{{font-size:12px}}</style></head>
 <body><h1>{title}</h1>
 <p><b>{html.escape(result.conclusion())}</b></p>
