@@ -176,7 +176,8 @@ def _record_depths(cfg, depths: str, sink: Output, *, reuse: bool) -> None:
 @app.command()
 def diff(
     reference: StoreArg,
-    candidate: StoreArg,
+    candidates: Annotated[Optional[list[str]], typer.Argument(help="One or more candidate stores (or hub references).", show_default=False)] = None,
+    candidates_from: Annotated[Optional[str], typer.Option("--candidates-from", help="Also compare every candidate in this directory of stores or Hub repo ORG/NAME.")] = None,
     repo: RepoOpt = None,
     max_kl: MaxKl = None,
     max_mean_kl: MaxMeanKl = None,
@@ -185,35 +186,44 @@ def diff(
     tolerance: Tolerance = None,
     eps: Eps = 0.5,
     worst: Annotated[int, typer.Option("--worst", help="How many worst positions to list.")] = 10,
-    json_path: Annotated[Optional[Path], typer.Option("--json", help="Write the JSON report here.")] = None,
+    json_path: Annotated[Optional[Path], typer.Option("--json", help="Write the JSON report here (parity.diff/1; parity.compare/1 with several candidates).")] = None,
     html_path: Annotated[Optional[Path], typer.Option("--html", help="Write a self-contained HTML report here.")] = None,
     baseline: Annotated[Optional[str], typer.Option("--baseline", help="A store of accepted numerics (e.g. bf16, or --device hf) diffed against the reference in the same pass: the measured noise floor the candidate is set beside.")] = None,
     max_floor_ratio: Annotated[Optional[float], typer.Option("--max-floor-ratio", help="Fail if the candidate's generated KL p99 exceeds R times the baseline's (needs --baseline).")] = None,
     no_color: NoColor = False,
 ) -> None:
-    """Compare two stores: KL, top-k agreement, deltas, first divergence, verdict.
+    """Compare a reference with one or more candidates: KL, top-k agreement, deltas, first divergence, verdicts.
 
-    Exit 0: pass (or report only), 1: fail, 2: unusable input.
+    The reference is read once for all candidates. Exit 0: every candidate passes (or report only),
+    1: any fails, 2: unusable input.
     """
     import differ
+    from differ import multi
     from differ.report import write_atomic
+    from schemas import Store
 
     thresholds = _thresholds(tolerance, max_kl=max_kl, max_mean_kl=max_mean_kl, min_top1=min_top1, max_abs=max_abs)
     if max_floor_ratio is not None and baseline is None:
         raise UsageError("--max-floor-ratio needs --baseline STORE: the floor is measured on a baseline store")
-    ref, cand = (_resolve_any(s, repo) for s in (reference, candidate))
+    ref = Store.open(_resolve_any(reference, repo))
+    cands = [_resolve_any(c, repo) for c in candidates or []]
+    if candidates_from:
+        cands += multi.candidates_from(ref, candidates_from)
+    if not cands:
+        raise UsageError("no candidate: give CANDIDATE stores after the reference, or --candidates-from DIR|ORG/NAME")
     base = _resolve_any(baseline, repo) if baseline else None
     sink = Output(progress=not settings().no_progress)
-    report = differ.diff(ref, cand, thresholds=thresholds, eps=eps, worst=worst, baseline=base,
-                         max_floor_ratio=max_floor_ratio,
-                         progress=lambda done, total: sink.bar(done, total, "rows"))
+    reports = multi.compare_all(ref, cands, baseline=base, max_floor_ratio=max_floor_ratio, thresholds=thresholds,
+                                eps=eps, worst=worst, progress=lambda done, total: sink.bar(done, total, "rows"))
     sink.finish()
     if json_path:
-        report.write_json(json_path)
+        multi.write_json(reports, json_path)
     if html_path:
-        write_atomic(html_path, differ.render_html(report))
-    sink.result(differ.render_text(report, color=not no_color and sink.color))
-    raise typer.Exit(report.exit_code)
+        write_atomic(html_path, differ.render_html(reports[0] if len(reports) == 1 else reports))
+    color = not no_color and sink.color
+    sink.result(differ.render_text(reports[0], color=color) if len(reports) == 1
+                else multi.render_text(reports, color=color))
+    raise typer.Exit(multi.exit_code(reports))
 
 
 def _thresholds(tolerance: str | None, **explicit):
@@ -462,13 +472,26 @@ def _main(version: Annotated[bool, typer.Option("--version", help="Show the vers
 INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 
 
+def _click_errors(name: str) -> tuple[type, ...]:
+    """click's exception class ``name``, and typer's vendored copy of it (typer >= 0.2x ships its own click)."""
+    import importlib
+
+    found = []
+    for module in ("click.exceptions", "typer._click.exceptions"):
+        try:
+            found.append(getattr(importlib.import_module(module), name))
+        except (ImportError, AttributeError):
+            pass
+    return tuple(found)
+
+
 def main() -> None:
     debug = settings().debug
     if not debug:
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     try:
-        rc = app(standalone_mode=False)
+        rc = app(standalone_mode=False, prog_name="parity")
         if rc == INTERRUPTED:  # typer turns Ctrl-C into this return code, silently
             Output().error("interrupted; nothing was published")
         if isinstance(rc, int) and rc:
@@ -484,12 +507,10 @@ def main() -> None:
         Output().error("interrupted; nothing was published")
         sys.exit(INTERRUPTED)
     except Exception as e:  # noqa: BLE001 - the contract is one line, never a traceback
-        import click
-
-        if isinstance(e, click.exceptions.ClickException):
+        if isinstance(e, _click_errors("ClickException")):  # usage mistakes: click's usage line, exit 2
             e.show()
             sys.exit(e.exit_code)
-        if isinstance(e, click.exceptions.Abort):
+        if isinstance(e, _click_errors("Abort")):
             Output().error("aborted")
             sys.exit(130)
         if debug:
