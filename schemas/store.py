@@ -188,8 +188,11 @@ class _RowStream:
         own shards directly; memory is one shard buffer per active sequence.
     """
 
-    def __init__(self, group, name, width, dtype, pool, reserve: list[int] | None = None, lanes: int = 1):
+    def __init__(self, group, name, width, dtype, pool, reserve: list[int] | None = None, lanes: int = 1,
+                 dims: tuple[str, str] | None = None):
         self.name = name
+        # A values array and its top-N ids array share their axes.
+        self.dims = dims or (f"{name}_row", "vocab")
         self.width = width
         self.dtype = np.dtype(dtype)
         self.group = group
@@ -215,6 +218,8 @@ class _RowStream:
             shards=(self.shard_rows, width),
             fill_value=0,
             config={"write_empty_chunks": True},
+            # Named axes (SPEC.md, "Arrays"): what xarray needs to open the store.
+            dimension_names=self.dims,
             **_row_codecs(),
         )
         self.files = _ShardFiles(self.array, Path(group.store.root))
@@ -357,7 +362,7 @@ class _RowStream:
         staging = f"{self.name}.staging"
         os.replace(root / self.name, root / staging)
         src = zarr.open_array(store=LocalStore(root), path=staging, mode="r")
-        dst = _RowStream(self.group, self.name, self.width, self.dtype, self.pool)
+        dst = _RowStream(self.group, self.name, self.width, self.dtype, self.pool, dims=self.dims)
         order = np.argsort(tags, kind="stable")
         cache: OrderedDict[int, np.ndarray] = OrderedDict()
         for start in range(0, len(order), dst.shard_rows):
@@ -404,13 +409,17 @@ class StoreWriter:
         self.group = zarr.open_group(store=LocalStore(self.tmp), mode="w", zarr_format=3)
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="parity-writer")
         width = topn if topn else vocab_size
+        column = "rank" if topn else "vocab"
         self.streams: dict[str, _RowStream] = {}
         for kind in ROW_KINDS:
             values, ids = row_array_names(kind)
             kind_reserve = reserve.get(kind) if reserve else None
-            self.streams[values] = _RowStream(self.group, values, width, np.float32, self.pool, kind_reserve, lanes)
+            dims = (f"{values}_row", column)
+            self.streams[values] = _RowStream(self.group, values, width, np.float32, self.pool, kind_reserve, lanes,
+                                              dims)
             if topn:
-                self.streams[ids] = _RowStream(self.group, ids, width, np.int32, self.pool, kind_reserve, lanes)
+                self.streams[ids] = _RowStream(self.group, ids, width, np.int32, self.pool, kind_reserve, lanes,
+                                               dims)
         self.lock = threading.Lock()
         self.committed: Path | None = None
 
@@ -453,7 +462,7 @@ class StoreWriter:
             arrays[name] = ArrayInfo(stream.dtype.str, tuple(stream.array.shape), stream.digest(counts))
             if not name.endswith("_ids"):
                 starts_name = f"{name}_starts"
-                self._write_vector(starts_name, starts)
+                self._write_vector(starts_name, starts, "sequence")
                 arrays[starts_name] = ArrayInfo(starts.dtype.str, starts.shape, hash_array(starts))
 
         flat = np.array([t for seq in token_ids for t in seq], dtype=np.int32)
@@ -462,8 +471,8 @@ class StoreWriter:
         for s, toks in zip(seqs, token_ids):
             if len(toks) != s.prompt_len + s.generated_len:
                 raise ValueError(f"sequence {s.index}: {len(toks)} tokens, manifest says prompt+generated")
-        for name, values in (("token_ids", flat), ("token_offsets", offsets)):
-            self._write_vector(name, values)
+        for name, values, dim in (("token_ids", flat, "token"), ("token_offsets", offsets, "sequence_boundary")):
+            self._write_vector(name, values, dim)
             arrays[name] = ArrayInfo(values.dtype.str, values.shape, hash_array(values))
 
         manifest = replace(manifest, arrays=arrays).with_digests()
@@ -478,7 +487,7 @@ class StoreWriter:
         log.info("store committed: %s", final)
         return final, manifest
 
-    def _write_vector(self, name: str, values: np.ndarray) -> None:
+    def _write_vector(self, name: str, values: np.ndarray, dim: str) -> None:
         arr = self.group.create_array(
             name,
             shape=values.shape,
@@ -486,6 +495,7 @@ class StoreWriter:
             chunks=(min(VECTOR_CHUNK, max(len(values), 1)),),
             fill_value=0,
             config={"write_empty_chunks": True},
+            dimension_names=(dim,),
             **_vector_codecs(),
         )
         if len(values):
