@@ -68,6 +68,18 @@ class Hub:
         return self.cache_dir / repo_folder_name(repo_id=repo, repo_type=REPO_TYPE)
 
 
+class StaleHeadError(HubError):
+    """A commit named a parent that is no longer the branch head: another commit landed first.
+
+    The Hub answers 412 ("A commit has happened since. Please refresh and try
+    again.") to a create_commit whose parent_commit is stale; huggingface_hub
+    raises it as a plain HfHubHTTPError. Whoever committed must re-read the
+    head and redo what depends on it.
+    """
+
+    hint = "push again: nothing was committed"
+
+
 def _status(exc: BaseException) -> int | None:
     response = getattr(exc, "response", None)
     return getattr(response, "status_code", None)
@@ -149,6 +161,8 @@ def translate(exc: BaseException, *, hub: Hub, repo: str, what: str, attempts: i
             f"{what}: cannot reach {hub.endpoint} after {attempts} attempt(s) ({_short(cause)})",
             hint="check the network and HF_ENDPOINT, or set HF_HUB_OFFLINE=1 to use cached goldens",
         )
+    if status == 412:
+        return StaleHeadError(f"{what}: {where} changed since it was read (412)")
     if isinstance(exc, HfHubHTTPError):
         return HubError(f"{what}: the Hub answered {status} for {where} ({_short(exc)})", hint="retry later; rerun with PARITY_DEBUG=1 for details")
     return HubError(f"{what}: {_short(exc)}", hint="rerun with PARITY_DEBUG=1 for details")

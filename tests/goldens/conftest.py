@@ -69,10 +69,12 @@ def make_store(
     created_at: str = "2026-01-01T00:00:00+00:00",
     generated: int = 4,
     seed: int = 0,
+    num_hidden_layers: int | None = None,
+    weights_digest: str | None = None,
 ) -> Path:
-    """A small committed store; its request key depends on model and prompt only."""
+    """A small committed store; its request key depends on model, weights, prompt and depth only."""
     request = Request(
-        model=ModelRef(id=model),
+        model=ModelRef(id=model, weights_digest=weights_digest),
         prompts=(tuple(prompt),),
         max_tokens=generated,
         logprobs=-1,
@@ -80,6 +82,7 @@ def make_store(
         dtype="float32",
         max_model_len=128,
         seed=0,
+        num_hidden_layers=num_hidden_layers,
     )
     manifest = Manifest(
         request=request,

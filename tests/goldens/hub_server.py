@@ -2,10 +2,12 @@
 
 Enough for the real ``huggingface_hub`` client: repo creation, repo/revision
 info, tree listing, preupload, the LFS batch API with basic PUT transfers,
-NDJSON commits, and ``resolve`` downloads (HEAD and GET, with Range). Repos
-live in memory with git-like content-addressed blobs and commit shas; every
-request is logged in ``requests`` so tests can count transfers. Requests the
-server does not know are logged in ``unhandled`` and answered 404.
+NDJSON commits (refused with 412 when their parent commit is no longer the
+branch head, as the Hub does), README metadata validation, and ``resolve``
+downloads (HEAD and GET, with Range). Repos live in memory with git-like
+content-addressed blobs and commit shas; every request is logged in
+``requests`` so tests can count transfers. Requests the server does not know
+are logged in ``unhandled`` and answered 404.
 """
 
 from __future__ import annotations
@@ -18,7 +20,10 @@ import secrets
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Callable
 from urllib.parse import parse_qs, unquote, urlsplit
+
+import yaml
 
 WRITE = "write"
 READ = "read"
@@ -70,6 +75,11 @@ class HubServer:
         self.requests: list[Logged] = []
         self.unhandled: list[str] = []
         self.fail_next: list[int] = []  # statuses to answer the next requests with (flaky Hub)
+        self.fail_route: dict[str, list[int]] = {}  # route name -> statuses for its next requests
+        # Run (outside the lock) when a commit request arrives, before it is
+        # checked: lets a test land another commit between a client's read of
+        # the head and its commit.
+        self.before_commit: list[Callable[[], None]] = []
         self.lock = threading.RLock()
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
         self.httpd.daemon_threads = True
@@ -117,6 +127,18 @@ class HubServer:
 
     def content(self, entry: Entry) -> bytes:
         return self.lfs[entry.sha256] if entry.sha256 else self.blobs[entry.oid]
+
+    def commit_files(self, repo_id: str, changes: dict[str, bytes | None], message: str = "edit") -> str:
+        """A commit on main made outside the HTTP API (None deletes a path); its sha."""
+        with self.lock:
+            repo = self.repos[repo_id]
+            files = dict(repo.commits[repo.refs["main"]])
+            for path, data in changes.items():
+                if data is None:
+                    files.pop(path, None)
+                else:
+                    files[path] = self._store(data, False)
+            return self._commit(repo, "main", files, message)
 
     def tamper(self, repo_id: str, path: str) -> None:
         """Changes a stored file's bytes behind the recorded oid (a corrupt mirror)."""
@@ -168,6 +190,7 @@ ROUTES = [
     ("GET", _API_REPO + r"/tree/(?P<rev>[^/]+)(?:/(?P<path>.+))?$", "tree"),
     ("POST", _API_REPO + r"/preupload/(?P<rev>[^/]+)$", "preupload"),
     ("POST", _API_REPO + r"/commit/(?P<rev>[^/]+)$", "commit"),
+    ("POST", r"^/api/validate-yaml$", "validate_yaml"),
     ("POST", r"^/datasets/(?P<org>[^/]+)/(?P<name>[^/]+)\.git/info/lfs/objects/batch$", "lfs_batch"),
     ("PUT", r"^/lfs-upload/(?P<ticket>[0-9a-f]+)$", "lfs_put"),
     ("GET", r"^/datasets/(?P<org>[^/]+)/(?P<name>[^/]+)/resolve/(?P<rev>[^/]+)/(?P<path>.+)$", "resolve"),
@@ -210,6 +233,11 @@ def _handler_for(hub: HubServer):
                 for m, pattern, name in ROUTES:
                     match = re.match(pattern, url.path) if m == method else None
                     if match:
+                        with hub.lock:
+                            queue = hub.fail_route.get(name)
+                            fail = queue.pop(0) if queue else None
+                        if fail:
+                            raise HubError(fail, "injected failure")
                         args = {k: unquote(v) if v is not None else None for k, v in match.groupdict().items()}
                         status = getattr(self, name)(**args)
                         break
@@ -363,6 +391,10 @@ def _handler_for(hub: HubServer):
                 raise HubError(400, f"can only commit to a branch, not {rev}")
             lines = [json.loads(line) for line in self.body.splitlines() if line.strip()]
             with hub.lock:
+                hook = hub.before_commit.pop(0) if hub.before_commit else None
+            if hook:
+                hook()  # unlocked: it may well talk HTTP to this server itself
+            with hub.lock:
                 files = dict(repo.commits[repo.refs[rev]])
                 message = ""
                 for line in lines:
@@ -370,7 +402,8 @@ def _handler_for(hub: HubServer):
                     if key == "header":
                         message = value.get("summary", "")
                         parent = value.get("parentCommit")
-                        if parent and parent != repo.refs[rev]:
+                        # The Hub takes a full sha or a prefix of at least 7 digits.
+                        if parent and not (len(parent) >= 7 and repo.refs[rev].startswith(parent)):
                             raise HubError(412, "A commit has happened since. Please refresh and try again.")
                     elif key == "file":
                         files[value["path"]] = hub._store(base64.b64decode(value["content"]), False)
@@ -391,6 +424,35 @@ def _handler_for(hub: HubServer):
                 "success": True, "commitOid": sha,
                 "commitUrl": f"{hub.endpoint}/datasets/{repo.repo_id}/commit/{sha}",
             })
+
+        def validate_yaml(self) -> int:
+            """The Hub's check of a README's metadata, which the client runs before committing one."""
+            body = self._json_body()
+            content = body.get("content")
+            if not isinstance(content, str):
+                raise HubError(400, "content must be a string", body={"errors": [{"message": "content must be a string"}]})
+            m = re.match(r"^\s*---\r?\n([\s\S]*?)\r?\n---[ \t]*(?:\r?\n|$)", content)
+            try:
+                meta = yaml.safe_load(m.group(1)) if m else None
+            except yaml.YAMLError as e:
+                message = f"Invalid YAML: {str(e).splitlines()[0]}"
+                raise HubError(400, message, body={"errors": [{"message": message}]}) from None
+            if not meta:
+                return self._send_json({"errors": [], "warnings": [{"message": "empty or missing yaml metadata in repo card"}]})
+            errors = []
+            if not isinstance(meta, dict):
+                errors.append("metadata must be a mapping")
+            else:
+                if "pretty_name" in meta and not isinstance(meta["pretty_name"], str):
+                    errors.append('"pretty_name" must be a string')
+                if "viewer" in meta and not isinstance(meta["viewer"], bool):
+                    errors.append('"viewer" must be a boolean')
+                tags = meta.get("tags")
+                if tags is not None and not (isinstance(tags, list) and all(isinstance(t, str) for t in tags)):
+                    errors.append('"tags" must be an array of strings')
+            if errors:
+                raise HubError(400, "Invalid metadata", body={"errors": [{"message": e} for e in errors]})
+            return self._send_json({"errors": [], "warnings": []})
 
         def resolve(self, org, name, rev, path) -> int:
             repo = self._repo(org, name)

@@ -282,7 +282,7 @@ def test_list_goldens_reads_index_only(hub, stores):
     entries = goldens.list_goldens(REPO, **hub.kw)
 
     assert [e.model for e in entries] == ["tiny/qwen", "tiny/llama"]  # newest first
-    assert all(d.startswith("index/") for d in hub.server.downloads())
+    assert hub.server.downloads() == ["index.json"]
     e = entries[1]
     m = manifest(a)
     assert (e.device, e.positions, e.digest, e.request_key) == ("cpu", 4, m.digest, m.request_key)
@@ -395,9 +395,9 @@ def test_transient_upload_failure_is_retried(hub, stores):
     if hub.server.lfs_threshold is None:
         pytest.skip("no LFS transfers when Xet is enabled in the client")
     hub.server.create(REPO)
-    # repo_info, file_exists, preupload, LFS batch answer; the first LFS PUT gets a 503 (retried by the client)
-    hub.server.fail_next = [0, 0, 0, 0, 503]
+    hub.server.fail_route["lfs_put"] = [503]  # the first LFS PUT (retried by the client)
     result = goldens.push(stores(), REPO, **hub.kw)
+    assert hub.server.fail_route["lfs_put"] == []
     assert result.uploaded and goldens.pull(result.ref, **hub.kw).is_dir()
 
 
