@@ -423,9 +423,10 @@ def list_goldens(
     if not entries:
         sink.note(f"no goldens in {repo}")
         return
-    rows = [("MODEL", "DEVICE", "POSITIONS", "SIZE", "CREATED", "DIGEST")]
+    rows = [("MODEL", "DEVICE", "LAYERS", "PROMPTS", "POSITIONS", "SIZE", "CREATED", "DIGEST")]
     for e in entries:
-        rows.append((str(e.model), str(e.device), str(e.positions), human_bytes(e.size), str(e.created_at)[:19], e.digest))
+        rows.append((str(e.model), str(e.device), "all" if e.num_hidden_layers is None else str(e.num_hidden_layers),
+                     str(e.prompts or "?"), str(e.positions), human_bytes(e.size), str(e.created_at)[:19], e.digest))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     sink.result("\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows))
 
