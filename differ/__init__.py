@@ -5,8 +5,10 @@ per-position metrics (KL(reference || candidate) over the full vocabulary,
 argmax agreement, top-k overlap, delta-p, ranks, |delta logprob|, Pearson,
 NaN/inf counts) in float64, and returns a ``Report`` with summaries, the worst
 positions and a verdict against optional ``Thresholds``. ``render_text`` and
-``render_html`` format a report. Only numpy (and zarr through ``schemas``) is
-imported: never torch or vllm.
+``render_html`` format a report (``render_html`` also the reports of several
+candidates of one reference, with per-position top-5 lists when they were
+diffed with ``details=True``); ``decoder_for(store)`` gives token texts.
+Only numpy (and zarr through ``schemas``) is imported: never torch or vllm.
 
 ``compare(reference, [c1, c2, ...])`` gives one Report per candidate from a
 single streaming pass over the reference (for candidates on its trajectory).
@@ -16,8 +18,11 @@ baseline is compared with the reference in the same pass and the report's
 """
 
 from .core import compare, diff
-from .render import render_html, render_text
+from .html import render_html
+from .render import render_text
 from .report import JSON_SCHEMA, Report
 from .thresholds import TOLERANCE_PRESETS, Thresholds
+from .tokens import decoder_for
 
-__all__ = ["diff", "compare", "Report", "Thresholds", "TOLERANCE_PRESETS", "render_text", "render_html", "JSON_SCHEMA"]
+__all__ = ["diff", "compare", "Report", "Thresholds", "TOLERANCE_PRESETS", "render_text", "render_html", "JSON_SCHEMA",
+           "decoder_for"]

@@ -28,6 +28,10 @@ BLOCK_BYTES = 8 << 20  # raw float32 bytes per side per block (peak RSS grows wi
 MAX_BLOCK_ROWS = 256
 MAX_TOPN_BLOCK_ROWS = 2048
 SNIPPET = 3  # head and tail entries shown for the worst position
+# With details=True: each side's top entries per position, kept for the HTML
+# report's hover (positions x 20 numbers: 40 bytes a position).
+DETAIL_TOP = 5
+DETAIL_FIELDS = ("ref_top5_ids", "ref_top5_lp", "cand_top5_ids", "cand_top5_lp")
 
 # Blocks read and decoded ahead on a helper thread while one is compared:
 # blosc and numpy release the GIL, so on two cores reading and comparing
@@ -68,12 +72,57 @@ def _read_group(ref: Store, cands: Sequence[Store], kind: str, pairs: Sequence[P
     )
 
 
+def _top_entries(values: np.ndarray, ids: np.ndarray | None, nan_rows: np.ndarray, top: np.ndarray | None = None,
+                 k: int = DETAIL_TOP) -> tuple[np.ndarray, np.ndarray]:
+    """(ids int32, logprobs float32) of each row's k largest entries, descending;
+    a top-N row listing fewer than k pads with id -1 and NaN.
+
+    ``top``: the row's largest ids, as the full-vocabulary kernels found them
+    (``metrics.TOP_IDS``): then only their values are gathered. Rows holding
+    NaN (``nan_rows``) get a full stable sort with NaN last, so their lists do
+    not depend on how a kernel orders NaN.
+    """
+    if top is not None:
+        lid = top[:, :k]
+        lv = np.take_along_axis(values, lid, axis=1)
+    else:
+        lid, lv = metrics.Side(values, ids).listed(k)
+        lid, lv = lid[:, :k], lv[:, :k]
+    for r in np.flatnonzero(nan_rows):
+        order = np.argsort(-values[r], kind="stable")[:k]
+        lid[r, : len(order)] = order if ids is None else ids[r][order]
+        lv[r, : len(order)] = values[r][order]
+    out_ids = np.full((len(values), k), -1, np.int32)
+    out_lp = np.full((len(values), k), np.nan, np.float32)
+    out_ids[:, : lid.shape[1]] = lid
+    out_lp[:, : lv.shape[1]] = lv
+    return out_ids, out_lp
+
+
+def _detail_arrays(n: int) -> tuple[np.ndarray, np.ndarray]:
+    return np.full((n, DETAIL_TOP), -1, np.int32), np.full((n, DETAIL_TOP), np.nan, np.float32)
+
+
 def compare_group(ref: Store, cands: Sequence[Store], kind: str, pairs: Sequence[Pairs], eps: float,
-                  tick: Callable[[int], None], kernel: str | None = None) -> list[dict[str, np.ndarray]]:
+                  tick: Callable[[int], None], kernel: str | None = None,
+                  details: bool | Sequence[bool] = False) -> list[dict[str, np.ndarray]]:
     """Per-position metrics of one row kind for candidates whose pairs share
-    the reference rows: each reference block is read once for all of them."""
+    the reference rows: each reference block is read once for all of them.
+
+    ``details`` (one flag, or one per candidate): also keep both sides' top
+    ``DETAIL_TOP`` ids and logprobs per position (``DETAIL_FIELDS``), taken
+    from the blocks already in memory; the reference's arrays are one object
+    shared by the candidates of the group.
+    """
     n = len(pairs[0])
     outs = [metrics.empty(n) for _ in cands]
+    want = [bool(details)] * len(cands) if isinstance(details, (bool, np.bool_)) else [bool(d) for d in details]
+    if any(want):
+        ref_ids, ref_lp = _detail_arrays(n)
+        for out, w in zip(outs, want):
+            if w:
+                out["ref_top5_ids"], out["ref_top5_lp"] = ref_ids, ref_lp
+                out["cand_top5_ids"], out["cand_top5_lp"] = _detail_arrays(n)
     if n == 0:
         return outs
     shapes = [_width(ref, c) for c in cands]
@@ -87,11 +136,20 @@ def compare_group(ref: Store, cands: Sequence[Store], kind: str, pairs: Sequence
             x, xi, sides = ahead.pop(0).result()
             if i + READ_AHEAD < len(cuts):
                 ahead.append(pool.submit(_read_group, ref, cands, kind, pairs, *cuts[i + READ_AHEAD]))
-            for out, full, (y, yi) in zip(outs, fulls, sides):
+            ref_done = False
+            for out, full, w, (y, yi) in zip(outs, fulls, want, sides):
                 if full:
-                    got = metrics.full_block(x, y, eps, kernel)
+                    got = metrics.full_block(x, y, eps, kernel, top_ids=w)
                 else:
                     got = metrics.topn_block(metrics.Side(x, xi), metrics.Side(y, yi), eps)
+                if w:
+                    # Full rows: the kernel's own top ids, so details cost no second pass.
+                    top_r, top_c = (got.pop(key, None) for key in metrics.TOP_IDS)
+                    if not ref_done:  # once per block for the group
+                        ref_ids[a:b], ref_lp[a:b] = _top_entries(x, xi, got["nan_ref"] > 0, top_r)
+                        ref_done = True
+                    out["cand_top5_ids"][a:b], out["cand_top5_lp"][a:b] = _top_entries(
+                        y, yi, got["nan_cand"] > 0, top_c)
                 for k, v in got.items():
                     out[k][a:b] = v
                 tick(b - a)
@@ -220,6 +278,7 @@ def diff(
     decode: Decode | None = None,
     progress: Progress | None = None,
     kernel: str | None = None,
+    details: bool = False,
 ) -> Report:
     """Compares two stores position by position; see the package docstring.
 
@@ -231,15 +290,22 @@ def diff(
     pass; the report's ``floor`` then sets the candidate beside it.
     ``max_floor_ratio``: fail when the candidate's generated KL p99 is more
     than this many times the baseline's (see ``floor.ratio``).
+
+    ``details``: also keep both sides' top-5 ids and logprobs per position in
+    ``report.positions`` (and, with ``decode``, the texts of every id they and
+    the tokens use in ``report.token_texts``) for the HTML report's hover. Off
+    by default: it costs a top-5 selection per row and 40 bytes a position.
     """
     max_floor_ratio = _check_floor_ratio(max_floor_ratio, baseline)
     opts = dict(thresholds=thresholds, eps=eps, top_n_rule=top_n_rule, worst=worst, decode=decode,
                 progress=progress, kernel=kernel)
     t0 = time.perf_counter()
     if baseline is None:
-        report = _compare(reference, [candidate], [None], **opts)[0]
+        report = _compare(reference, [candidate], [None], details=[details], **opts)[0]
     else:
-        report, base = _compare(reference, [candidate, baseline], [None, "baseline"], **opts)
+        # The baseline only feeds the floor's summary: no details for it.
+        report, base = _compare(reference, [candidate, baseline], [None, "baseline"], details=[details, False],
+                                **opts)
         report = attach_floor(report, base, max_floor_ratio)
     log.info("diff done in %.2fs: verdict %s", time.perf_counter() - t0, report.verdict)
     return report
@@ -256,13 +322,16 @@ def compare(
     decode: Decode | None = None,
     progress: Progress | None = None,
     kernel: str | None = None,
+    details: bool | Sequence[bool] = False,
 ) -> list[Report]:
     """One Report per candidate, as ``diff(reference, candidate)`` gives it.
 
     Candidates whose row pairs of a kind use the same reference rows (all
     recorded on the reference's forced trajectory, say) share one streaming
     pass: each reference block is read once and compared with every one of
-    them. ``progress`` counts row pairs over all candidates.
+    them. ``progress`` counts row pairs over all candidates. ``details``: as
+    for ``diff``, for every candidate, or one flag per candidate (a baseline
+    that only feeds the floor needs none).
     """
     if isinstance(candidates, (str, Path, Store)):
         raise UsageError("compare() takes a list of candidate stores; diff() compares one")
@@ -270,9 +339,19 @@ def compare(
     labels = [None] if len(candidates) == 1 else [f"candidate {i + 1}" for i in range(len(candidates))]
     t0 = time.perf_counter()
     reports = _compare(reference, candidates, labels, thresholds=thresholds, eps=eps, top_n_rule=top_n_rule,
-                       worst=worst, decode=decode, progress=progress, kernel=kernel)
+                       worst=worst, decode=decode, progress=progress, kernel=kernel,
+                       details=_flags(details, len(candidates)))
     log.info("compare done in %.2fs: verdicts %s", time.perf_counter() - t0, ", ".join(r.verdict for r in reports))
     return reports
+
+
+def _flags(details: bool | Sequence[bool], n: int) -> list[bool]:
+    if isinstance(details, (bool, np.bool_)):
+        return [bool(details)] * n
+    flags = [bool(d) for d in details]
+    if len(flags) != n:
+        raise UsageError(f"details: {len(flags)} flags for {n} candidates")
+    return flags
 
 
 def _check_floor_ratio(ratio: float | None, baseline) -> float | None:
@@ -312,7 +391,7 @@ def _groups(pairs: list[Pairs]) -> list[list[int]]:
 
 def _compare(reference, candidates: list, labels: list[str | None], *, thresholds: Thresholds | None, eps: float,
              top_n_rule: int, worst: int, decode: Decode | None, progress: Progress | None,
-             kernel: str | None) -> list[Report]:
+             kernel: str | None, details: list[bool]) -> list[Report]:
     kernel = metrics.resolve_kernel(kernel or settings().diff_kernel)
     ref = _open(reference)
     cands = [_open(c) for c in candidates]
@@ -343,15 +422,52 @@ def _compare(reference, candidates: list, labels: list[str | None], *, threshold
             if n and len(pairs[group[0]]):
                 log.debug("%s rows: %d of %d candidates pair other reference rows; reading the reference again",
                           kind, len(group), len(cands))
-            outs = compare_group(ref, [cands[i] for i in group], kind, [pairs[i] for i in group], eps, tick, kernel)
+            outs = compare_group(ref, [cands[i] for i in group], kind, [pairs[i] for i in group], eps, tick, kernel,
+                                 details=[details[i] for i in group])
             for i, out in zip(group, outs):
                 positions[i][kind] = out
+    texts = _Texts(decode)
     reports = [
         _report(ref, cand, plan, warnings, pos, thresholds=thresholds, eps=eps, top_n_rule=top_n_rule,
                 worst=worst, decode=decode)
         for cand, (warnings, plan), pos in zip(cands, checked, positions)
     ]
+    for report, want in zip(reports, details):
+        if want and decode is not None:
+            report.token_texts = texts.of(report.positions)
     return reports
+
+
+class _Texts:
+    """Decoded texts of the ids the details use, each id decoded once over all reports."""
+
+    def __init__(self, decode: Decode | None):
+        self.decode = decode
+        self.cache: dict[int, str | None] = {}
+        self.failed = 0
+
+    def of(self, positions: dict[str, dict[str, np.ndarray]]) -> dict[int, str]:
+        parts = []
+        for pos in positions.values():
+            parts.append(pos["token"].ravel())
+            parts += [pos[k].ravel() for k in ("ref_top5_ids", "cand_top5_ids") if k in pos]
+        ids = np.unique(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
+        out = {}
+        for t in ids[ids >= 0].tolist():
+            if t not in self.cache:
+                self.cache[t] = self._one(t)
+            if self.cache[t] is not None:
+                out[t] = self.cache[t]
+        return out
+
+    def _one(self, token: int) -> str | None:
+        try:
+            return str(self.decode(token))
+        except Exception as e:  # a user's decoder must not sink the report; one warning, not one per id
+            self.failed += 1
+            if self.failed == 1:
+                log.warning("decode(%d) failed: %s (the HTML report shows ids where decoding fails)", token, e)
+            return None
 
 
 def _report(ref: Store, cand: Store, plan: Plan, warnings: list[str], positions: dict[str, dict[str, np.ndarray]],

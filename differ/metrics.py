@@ -179,18 +179,31 @@ def _scratch(rows: int, width: int) -> Scratch:
     return sc.get(rows, width)
 
 
-def full_block(x: np.ndarray, y: np.ndarray, eps: float, kernel: str | None = None) -> dict[str, np.ndarray]:
+TOP_IDS = ("top_ids_ref", "top_ids_cand")
+
+
+def full_block(x: np.ndarray, y: np.ndarray, eps: float, kernel: str | None = None,
+               top_ids: bool = False) -> dict[str, np.ndarray]:
     """Metrics for full-vocabulary rows: x (reference) and y (candidate) are (R, V) log-probs.
 
     ``kernel`` picks "fused" (the C kernel) or "numpy"; default: the C
-    kernel when it was built.
+    kernel when it was built. ``top_ids``: also return ``TOP_IDS``, each
+    side's ``min(TOPK, V)`` largest ids per row, descending (ties: lower id
+    first), which both kernels find anyway; rows holding NaN get no defined
+    order there.
     """
     if resolve_kernel(kernel) == "fused":
-        return _full_fused(x, y, eps)
-    return _full_numpy(x, y, eps)
+        return _full_fused(x, y, eps, top_ids)
+    return _full_numpy(x, y, eps, top_ids)
 
 
-def _full_fused(x: np.ndarray, y: np.ndarray, eps: float) -> dict[str, np.ndarray]:
+def _with_top_ids(out: dict, rows: int, v: int) -> dict:
+    for key in TOP_IDS:
+        out[key] = np.full((rows, min(TOPK, v)), -1, np.int64)
+    return out
+
+
+def _full_fused(x: np.ndarray, y: np.ndarray, eps: float, top_ids: bool = False) -> dict[str, np.ndarray]:
     x = np.ascontiguousarray(x, np.float32)
     y = np.ascontiguousarray(y, np.float32)
     r, v = x.shape
@@ -201,6 +214,9 @@ def _full_fused(x: np.ndarray, y: np.ndarray, eps: float) -> dict[str, np.ndarra
     out = empty(r)
     k = min(TOPK, v)
     ids_x, ids_y = o[:, K.I_IDS_X : K.I_IDS_X + k], o[:, K.I_IDS_Y : K.I_IDS_Y + k]
+    if top_ids:
+        _with_top_ids(out, r, v)
+        out["top_ids_ref"][:], out["top_ids_cand"][:] = ids_x, ids_y
     n = o[:, K.I_FINITE]
     safe_n = np.maximum(n, 1)
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
@@ -216,7 +232,7 @@ def _full_fused(x: np.ndarray, y: np.ndarray, eps: float) -> dict[str, np.ndarra
     _tops(out, slice(0, r), x, y, ids_x, ids_y)
     bad = np.flatnonzero(o[:, K.I_EXACT] == 0)
     if len(bad):  # NaN or +inf somewhere in the row: the numpy path
-        for key, val in _full_numpy(x[bad], y[bad], eps).items():
+        for key, val in _full_numpy(x[bad], y[bad], eps, top_ids).items():
             out[key][bad] = val
     return out
 
@@ -253,9 +269,9 @@ def _tops(out: dict, sl: slice, x: np.ndarray, y: np.ndarray, ids_x: np.ndarray,
     return y_t
 
 
-def _full_numpy(x: np.ndarray, y: np.ndarray, eps: float) -> dict[str, np.ndarray]:
+def _full_numpy(x: np.ndarray, y: np.ndarray, eps: float, top_ids: bool = False) -> dict[str, np.ndarray]:
     r, v = x.shape
-    out = empty(r)
+    out = _with_top_ids(empty(r), r, v) if top_ids else empty(r)
     step = max(1, SUB_ELEMENTS // max(v, 1))
     sc = _scratch(step, v)
     for a in range(0, r, step):
@@ -292,6 +308,8 @@ def _full_sub(x: np.ndarray, y: np.ndarray, eps: float, out: dict, sl: slice, sc
 
     ids_x, _ = topk(x, TOPK)
     ids_y, _ = topk(y, TOPK)
+    if "top_ids_ref" in out:
+        out["top_ids_ref"][sl], out["top_ids_cand"][sl] = ids_x, ids_y
     y_t = _tops(out, sl, x, y, ids_x, ids_y)
     out["rank"][sl] = np.count_nonzero(np.greater(y, y_t[:, None], out=mask), axis=1) + 1
 

@@ -205,7 +205,10 @@ class Report:
     verdict: str = "report"
     failures: list[str] = field(default_factory=list)
     # Per-position arrays by row kind ("generated", "prompt"); not in the JSON.
+    # With diff(details=True) also each side's top-5 ids and logprobs (2-D).
     positions: dict[str, dict[str, np.ndarray]] = field(default_factory=dict, repr=False)
+    # id -> decoded text of the ids the details use (details=True with decode); not in the JSON.
+    token_texts: dict[int, str] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         self.verdict, self.failures = evaluate(self)

@@ -95,9 +95,12 @@ def test_render_text_and_html(report_pair):
     assert "\033[" in differ.render_text(r, color=True)
     page = differ.render_html(r)
     assert page.startswith("<!DOCTYPE html>")
-    assert page.count("<svg") >= 3  # histogram + one plot per sequence
-    assert "<script" not in page and "http://" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "")
-    assert "https://" not in page
+    assert "<svg" in page and '<canvas id="heat">' in page  # histogram; the heatmap
+    assert "verdict: " in page and "FAIL" in page and "device differs" in page
+    assert re.search(r"&#x27;&lt;\d+&gt;&#x27;|'&lt;\d+&gt;'", page)  # decoded texts in the worst table
+    # self-contained: inline scripts only, no URL but SVG's namespace
+    assert not re.search(r"<script[^>]*\bsrc=", page)
+    assert "http://" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "") and "https://" not in page
 
 
 def test_store_objects_accepted(report_pair):
