@@ -29,6 +29,8 @@ def compare_all(reference, candidates: Sequence, *, baseline=None, max_floor_rat
     max_floor_ratio = _check_floor_ratio(max_floor_ratio, baseline)
     if baseline is None:
         return compare(reference, list(candidates), **opts)
+    # The baseline's per-position detail (the HTML report's top-5) is never shown.
+    opts["details"] = [bool(opts.get("details"))] * len(candidates) + [False]
     *reports, base = compare(reference, [*candidates, baseline], **opts)
     return [attach_floor(r, base, max_floor_ratio) for r in reports]
 

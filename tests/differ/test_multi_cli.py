@@ -123,3 +123,14 @@ def test_a_diff_without_any_candidate_is_a_usage_error(series):
     golden, _ = series
     proc = parity("diff", str(golden))
     assert proc.returncode == 2 and proc.stderr.startswith("error: no candidate")
+
+
+def test_html_of_a_series_holds_every_candidate(series, tmp_path):
+    golden, cands = series
+    page = tmp_path / "series.html"
+    proc = parity("diff", str(golden), *map(str, cands), "--html", str(page), "--no-color")
+    assert proc.returncode == 0, proc.stderr
+    text = page.read_text()
+    for label in multi.labels(multi.compare_all(golden, cands)):
+        assert label in text
+    assert "<canvas" in text and "Trend across candidates" in text
