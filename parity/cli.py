@@ -41,7 +41,8 @@ MaxAbs = Annotated[Optional[float], typer.Option("--max-abs", help="Maximum |del
 Tolerance = Annotated[Optional[str], typer.Option("--tolerance", help="Named thresholds: fp32 | bf16.")]
 Eps = Annotated[float, typer.Option("--eps", help="Outlier threshold on |delta logprob|.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="cpu | rbln | hf (transformers float32 reference).")]
-ModelOpt = Annotated[str, typer.Option("--model", help="Preset name, Hugging Face id, or local model directory.")]
+ModelOpt = Annotated[str, typer.Option("--model", help="Preset name, Hugging Face id (downloaded on first use), or local model directory.")]
+RevisionOpt = Annotated[Optional[str], typer.Option("--revision", help="Hub model only: the branch, tag or commit to use (default main); the manifest keeps the commit.")]
 MaxModelLen = Annotated[int, typer.Option("--max-model-len")]
 DtypeOpt = Annotated[str, typer.Option("--dtype")]
 SeedOpt = Annotated[int, typer.Option("--seed")]
@@ -72,6 +73,7 @@ def _setup_logging() -> None:
 def record(
     device: DeviceOpt = "cpu",
     model: ModelOpt = "tiny",
+    revision: RevisionOpt = None,
     golden: Annotated[Optional[str], typer.Option("--golden", help="Follow this golden's token trajectory (store path or hub reference/repo).")] = None,
     prompts: Annotated[Optional[list[str]], typer.Option("--prompts", help="A prompt (repeat the option for more).")] = None,
     prompts_file: Annotated[Optional[Path], typer.Option("--prompts-file", help=".txt (one prompt per line) or .jsonl ({\"prompt\": ...} per line).")] = None,
@@ -110,7 +112,7 @@ def record(
     if batch < 1 or tp < 1 or pp < 1 or dp < 1:
         raise UsageError("--batch, --tp, --pp and --dp must be at least 1")
     cfg = RecordConfig(
-        model=model, device=device, prompts=prompts, prompts_file=prompts_file, num_prompts=num_prompts,
+        model=model, revision=revision, device=device, prompts=prompts, prompts_file=prompts_file, num_prompts=num_prompts,
         max_tokens=max_tokens, logprobs=logprobs, prompt_logprobs=prompt_logprobs, out=out,
         engine=EngineOptions(
             dtype=dtype, max_model_len=max_model_len, seed=seed, batch=batch, tp=tp, pp=pp, dp=dp, ep=ep, executor=executor,
@@ -188,6 +190,7 @@ def diff(
     worst: Annotated[int, typer.Option("--worst", help="How many worst positions to list.")] = 10,
     json_path: Annotated[Optional[Path], typer.Option("--json", help="Write the JSON report here (parity.diff/1; parity.compare/1 with several candidates).")] = None,
     html_path: Annotated[Optional[Path], typer.Option("--html", help="Write a self-contained HTML report here.")] = None,
+    tokenizer: Annotated[Optional[str], typer.Option("--tokenizer", help="tokenizer.json or its directory, for token texts in the HTML report (default: the reference's model directory, when it is here).")] = None,
     baseline: Annotated[Optional[str], typer.Option("--baseline", help="A store of accepted numerics (e.g. bf16, or --device hf) diffed against the reference in the same pass: the measured noise floor the candidate is set beside.")] = None,
     max_floor_ratio: Annotated[Optional[float], typer.Option("--max-floor-ratio", help="Fail if the candidate's generated KL p99 exceeds R times the baseline's (needs --baseline).")] = None,
     no_color: NoColor = False,
@@ -212,14 +215,16 @@ def diff(
     if not cands:
         raise UsageError("no candidate: give CANDIDATE stores after the reference, or --candidates-from DIR|ORG/NAME")
     base = _resolve_any(baseline, repo) if baseline else None
+    decode = differ.decoder_for(ref, tokenizer) if html_path or tokenizer else None
     sink = Output(progress=not settings().no_progress)
     reports = multi.compare_all(ref, cands, baseline=base, max_floor_ratio=max_floor_ratio, thresholds=thresholds,
-                                eps=eps, worst=worst, progress=lambda done, total: sink.bar(done, total, "rows"))
+                                eps=eps, worst=worst, decode=decode, details=bool(html_path),
+                                progress=lambda done, total: sink.bar(done, total, "rows"))
     sink.finish()
     if json_path:
         multi.write_json(reports, json_path)
     if html_path:
-        write_atomic(html_path, differ.render_html(reports[0] if len(reports) == 1 else reports))
+        write_atomic(html_path, differ.render_html(reports[0] if len(reports) == 1 else reports, decode=decode))
     color = not no_color and sink.color
     sink.result(differ.render_text(reports[0], color=color) if len(reports) == 1
                 else multi.render_text(reports, color=color))
@@ -260,6 +265,7 @@ def bisect(
     golden: Annotated[list[str], typer.Option("--golden", help="Goldens at several depths: a directory of stores, store paths (repeat the option), or a Hub repo ORG/NAME.")],
     device: DeviceOpt = "cpu",
     model: ModelOpt = "tiny",
+    revision: RevisionOpt = None,
     sweep: Annotated[bool, typer.Option("--sweep", help="Probe every golden depth instead of a binary search.")] = False,
     depths: Annotated[Optional[str], typer.Option("--depths", help="Only probe these depths, e.g. 1-8,all.")] = None,
     reuse: ReuseFlag = True,
@@ -298,7 +304,7 @@ def bisect(
     thresholds = _thresholds(tolerance, max_kl=max_kl, max_mean_kl=max_mean_kl, min_top1=min_top1, max_abs=max_abs)
     if batch < 1 or tp < 1 or pp < 1:
         raise UsageError("--batch, --tp and --pp must be at least 1")
-    cfg = RecordConfig(model=model, device=device, out=out, engine=EngineOptions(
+    cfg = RecordConfig(model=model, revision=revision, device=device, out=out, engine=EngineOptions(
         dtype=dtype, max_model_len=max_model_len, seed=seed, batch=batch, tp=tp, pp=pp, executor=executor,
         block_size=block_size, trust_remote_code=trust_remote_code, rbln_path=rbln_path,
         rbln_host_logits=rbln_host_logits, rbln_fresh_compile=rbln_fresh_compile))

@@ -241,9 +241,10 @@ def bisect(cfg: RecordConfig, golden_refs: list[str], *, thresholds=None, eps: f
     if cfg.engine.num_hidden_layers is not None:
         raise UsageError("parity bisect chooses the depths itself: drop --num-hidden-layers",
                          hint="--depths limits the depths it may probe")
-    model = resolve_model(cfg.model, settings().cache_dir)
+    model = resolve_model(cfg.model, settings().cache_dir, revision=cfg.revision)
     total = layer_count(model.path)
-    chosen = golden_set(golden_refs, total, weights_digest=weights_digest(model.path, settings().cache_dir),
+    chosen = golden_set(golden_refs, total,
+                        weights_digest=weights_digest(model.path, settings().cache_dir, model.weight_files),
                         device=cfg.device, notes=note)
     if depths:
         allowed = set(parse_depths(depths, total))

@@ -123,7 +123,7 @@ def record_depths(cfg: RecordConfig, depths: str | list[int], progress: Callable
     from .inputs import resolve_model
     from parity.settings import settings
 
-    total = layer_count(resolve_model(cfg.model, settings().cache_dir).path)
+    total = layer_count(resolve_model(cfg.model, settings().cache_dir, revision=cfg.revision).path)
     wanted = parse_depths(depths, total) if isinstance(depths, str) else sorted(set(depths))
     done = []
     for depth in wanted:

@@ -7,6 +7,12 @@ can run here and whether the output directory can be created. A dry-run
 reports those as ``problems`` instead of failing, because it is meant to be
 run anywhere, including on a workstation without the device (an NPU plan
 checked before the NPU host is booked).
+
+A Hub model (``--model ORG/NAME``) not yet in the cache has its config and
+tokenizer downloaded, not its weights: the plan then names the commit and
+the weights ``record`` would download, and has no request key (the key
+covers the weights digest). ``--golden ORG/NAME`` needs the key to find the
+golden, so with it the weights are downloaded.
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ def dry_run(cfg: RecordConfig) -> dict:
     reports what only stops it on this host in ``problems``.
     """
     cfg = dataclasses.replace(cfg, check_device=False)
-    plan = plan_recording(cfg, check_out=False)
+    plan = plan_recording(cfg, check_out=False, fetch_weights=False)
     profile, request = plan.profile, plan.request
 
     problems: list[str] = []
@@ -58,6 +64,10 @@ def dry_run(cfg: RecordConfig) -> dict:
     generated_rows = sum(plan.lengths)
     if not plan.trajectories:
         notes.append("generated positions are an upper bound: a sequence stops early at its end-of-sequence token")
+    if plan.model.missing:
+        notes.append(f"the weights of {plan.model.id}@{plan.model.revision} are not in the Hugging Face cache "
+                     f"({len(plan.model.missing)} file(s)): record downloads them; the request key covers "
+                     "their digest, so this plan has none")
 
     hf = getattr(profile, "runner", "vllm") == "hf"
     engine_args = (profile.engine_args(cfg.engine) if hf
@@ -68,8 +78,9 @@ def dry_run(cfg: RecordConfig) -> dict:
         "env": profile.environment(cfg.engine, full_vocab=plan.topn is None),
         "engine_args": engine_args,
         "device_plan": profile.plan_details(cfg.engine),
-        "request_key": request.key(),
-        "model": {"id": request.model.id, "path": str(plan.model.path)},
+        "request_key": None if plan.model.missing else request.key(),
+        "model": {"id": request.model.id, "path": str(plan.model.path), "source": plan.model.source,
+                  "revision": plan.model.revision, "weights_missing": list(plan.model.missing)},
         "golden": plan.golden.manifest.digest if plan.golden is not None else None,
         "depth": _depth_plan(plan, cfg),
         "out": str(plan.out),

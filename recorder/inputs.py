@@ -14,7 +14,7 @@ from pathlib import Path
 
 import xxhash
 
-from parity.errors import ModelNotFoundError, PromptError
+from parity.errors import ModelNotFoundError, PromptError, UsageError
 from schemas import Request
 from schemas.digest import canonical_json, digest_bytes, tag
 
@@ -48,37 +48,48 @@ class ResolvedModel:
     id: str          # what the user asked for, normalised (preset -> its Hub id)
     path: Path       # local directory holding config, weights, tokenizer
     source: str      # built-in | local | hub
-    revision: str | None = None
+    revision: str | None = None  # hub: the commit sha
+    # hub: the weight files vLLM loads (the digest covers these only); None: every weight file under path.
+    weight_files: tuple[str, ...] | None = None
+    missing: tuple[str, ...] = ()  # weight files not fetched (resolve_model(weights=False))
 
 
-def resolve_model(spec: str, cache_dir: Path) -> ResolvedModel:
-    """Turns --model into a local directory; never downloads."""
+def resolve_model(spec: str, cache_dir: Path, *, revision: str | None = None, weights: bool = True,
+                  endpoint: str | None = None, hf_cache: Path | None = None) -> ResolvedModel:
+    """Turns --model into a local directory; a Hub id is downloaded on first use (hubmodel.py).
+
+    ``weights=False`` fetches a Hub model's config and tokenizer only and
+    lists its uncached weights in ``missing``. ``endpoint`` and ``hf_cache``
+    default to huggingface_hub's (HF_ENDPOINT, HF_HUB_CACHE).
+    """
     if spec in PRESETS:
         preset = PRESETS[spec]
         if spec == BUILTIN_TINY:
+            _no_revision(revision, f"the built-in {spec!r} model")
             from .tinymodel import tiny_model_dir
 
             return ResolvedModel(preset.model_id, tiny_model_dir(cache_dir), "built-in")
         spec = preset.model_id
     path = Path(spec).expanduser()
     if path.exists() or spec.startswith((".", "/", "~")):
+        _no_revision(revision, f"the local directory {path}")
         if not (path / "config.json").is_file():
             raise ModelNotFoundError(f"model directory {path} not found or has no config.json")
         return ResolvedModel(str(path.resolve()), path.resolve(), "local")
     if HUB_ID.match(spec):
-        from huggingface_hub import snapshot_download
-        from huggingface_hub.errors import LocalEntryNotFoundError
+        from .hubmodel import fetch
 
-        try:
-            local = snapshot_download(spec, local_files_only=True)
-        except (LocalEntryNotFoundError, OSError, ValueError):
-            raise ModelNotFoundError(
-                f"model {spec} is not in the local Hugging Face cache",
-                hint=f"download it first (`hf download {spec}`) or pass a local directory",
-            ) from None
-        return ResolvedModel(spec, Path(local), "hub", revision=Path(local).name)
+        got = fetch(spec, revision, weights=weights, endpoint=endpoint, cache_dir=hf_cache)
+        return ResolvedModel(spec, got.path, "hub", revision=got.commit, weight_files=got.weight_files,
+                             missing=got.missing)
     known = ", ".join(sorted(PRESETS))
     raise ModelNotFoundError(f"unknown model {spec!r}: not a preset ({known}), a Hub id or a directory")
+
+
+def _no_revision(revision: str | None, what: str) -> None:
+    if revision is not None:
+        raise UsageError(f"--revision pins a Hugging Face Hub model; {what} has none",
+                         hint="drop --revision, or pass --model ORG/NAME")
 
 
 def _digest_files(files: list[Path], root: Path, domain: bytes) -> str | None:
@@ -94,9 +105,17 @@ def _digest_files(files: list[Path], root: Path, domain: bytes) -> str | None:
     return tag(h.hexdigest())
 
 
-def weights_digest(model_dir: Path, cache_dir: Path) -> str | None:
-    """xxh3-128 over weight files (name, size, content); cached by path, size and mtime."""
-    files = [p for p in model_dir.rglob("*") if p.is_file() and p.name.endswith(WEIGHT_SUFFIXES)]
+def weights_digest(model_dir: Path, cache_dir: Path, files: tuple[str, ...] | None = None) -> str | None:
+    """xxh3-128 over weight files (name, size, content); cached by path, size and mtime.
+
+    ``files`` (relative to model_dir) names the weights when they are known
+    (a Hub model: ResolvedModel.weight_files); otherwise every weight file
+    under model_dir counts.
+    """
+    if files is not None:
+        files = [model_dir / f for f in files]
+    else:
+        files = [p for p in model_dir.rglob("*") if p.is_file() and p.name.endswith(WEIGHT_SUFFIXES)]
     stamp = canonical_json(sorted([str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns] for p in files))
     cache = cache_dir / "digests" / (xxhash.xxh3_64_hexdigest(stamp) + ".json")
     if cache.is_file():

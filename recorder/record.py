@@ -48,6 +48,7 @@ EXECUTORS = (None, "mp", "ray", "uni")
 @dataclass
 class RecordConfig:
     model: str = "tiny"
+    revision: str | None = None  # a Hub model's branch, tag or commit (--revision)
     device: str = "cpu"
     prompts: list[str] | None = None
     prompts_file: Path | None = None
@@ -143,8 +144,12 @@ class Plan:
         return self.request.logprobs if self.request.logprobs > 0 else None
 
 
-def plan_recording(cfg: RecordConfig, *, check_out: bool = True) -> Plan:
-    """Validates the inputs and builds the request (and so its key) without an engine."""
+def plan_recording(cfg: RecordConfig, *, check_out: bool = True, fetch_weights: bool = True) -> Plan:
+    """Validates the inputs and builds the request (and so its key) without an engine.
+
+    ``fetch_weights=False`` (a dry-run) leaves a Hub model's uncached weights
+    on the Hub: the request then has no weights digest (``plan.model.missing``).
+    """
     st = settings()
     profile = get_profile(cfg.device)
     if cfg.logprobs == 0 or cfg.logprobs < -1:
@@ -174,7 +179,7 @@ def plan_recording(cfg: RecordConfig, *, check_out: bool = True) -> Plan:
         profile.check_available()
 
     golden_store = Store.open(cfg.golden) if cfg.golden else None
-    model = resolve_model(cfg.model, st.cache_dir)
+    model = resolve_model(cfg.model, st.cache_dir, revision=cfg.revision, weights=fetch_weights)
     depth = None
     if cfg.engine.num_hidden_layers is not None:
         depth = resolve_depth(model.path, cfg.engine.num_hidden_layers)
@@ -186,7 +191,7 @@ def plan_recording(cfg: RecordConfig, *, check_out: bool = True) -> Plan:
 
     tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer or model.path, trust_remote_code=cfg.engine.trust_remote_code)
     tok_digest = tokenizer_digest(tokenizer)
-    w_digest = weights_digest(model.path, st.cache_dir)
+    w_digest = None if model.missing else weights_digest(model.path, st.cache_dir, model.weight_files)
 
     trajectories = None
     max_tokens = cfg.max_tokens

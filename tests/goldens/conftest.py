@@ -20,12 +20,10 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from huggingface_hub.utils._runtime import is_xet_available  # noqa: E402
 
-from hub_server import READ, WRITE, HubServer  # noqa: E402
+from hub_server import READ, READ_TOKEN, WRITE, WRITE_TOKEN, HubServer  # noqa: E402
 from schemas.manifest import Device, Manifest, ModelRef, Request, SequenceInfo  # noqa: E402
 from schemas.store import StoreWriter  # noqa: E402
 
-WRITE_TOKEN = "hf_test_write_token"
-READ_TOKEN = "hf_test_read_token"
 VOCAB = 64
 
 

@@ -8,6 +8,15 @@ downloads (HEAD and GET, with Range). Repos live in memory with git-like
 content-addressed blobs and commit shas; every request is logged in
 ``requests`` so tests can count transfers. Requests the server does not know
 are logged in ``unhandled`` and answered 404.
+
+Dataset repos are created through the API (``push``); model repos are made
+by the test (``create_model``, ``commit_model``, ``tag``) and only read.
+As on the Hub, a model's LFS files (weights) are not served by ``resolve``
+itself: it answers 302 with the file's metadata (X-Repo-Commit,
+X-Linked-Etag, X-Linked-Size) and a Location on a second origin, the "CDN"
+(another port, so the client neither follows the HEAD's redirect nor sends
+its token there). ``drop_at`` cuts a file's transfers at a byte offset, the
+way a dropped connection does.
 """
 
 from __future__ import annotations
@@ -27,7 +36,14 @@ import yaml
 
 WRITE = "write"
 READ = "read"
+# The hub fixture's tokens. Defined here rather than in conftest.py: with
+# several test directories collected, `import conftest` may find another one.
+WRITE_TOKEN = "hf_test_write_token"
+READ_TOKEN = "hf_test_read_token"
 GITATTRIBUTES = b"*.zarr/** filter=lfs diff=lfs merge=lfs -text\n"
+# What the Hub's default .gitattributes of a model repo sends to LFS.
+MODEL_LFS_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".msgpack", ".h5", ".onnx", ".model")
+MODEL_GITATTRIBUTES = "".join(f"*{s} filter=lfs diff=lfs merge=lfs -text\n" for s in MODEL_LFS_SUFFIXES).encode()
 
 
 def git_blob_oid(data: bytes) -> str:
@@ -53,6 +69,11 @@ class Repo:
     private: bool
     commits: dict = field(default_factory=dict)  # sha -> {path: Entry}
     refs: dict = field(default_factory=dict)  # branch -> sha
+    tags: dict = field(default_factory=dict)  # tag -> sha
+    kind: str = "dataset"  # dataset | model
+
+    def sha(self, rev: str) -> str:
+        return self.refs.get(rev) or self.tags.get(rev) or rev
 
 
 @dataclass(frozen=True)
@@ -62,17 +83,34 @@ class Logged:
     status: int
 
 
+@dataclass(frozen=True)
+class Sent:
+    """File content that left the server (a whole file, a Range, or the part before a drop)."""
+
+    kind: str
+    repo_id: str
+    path: str
+    start: int
+    size: int
+    complete: bool  # False: the connection was dropped before the promised bytes were sent
+
+
 class HubServer:
     """Start with ``with HubServer() as hub:``; ``hub.endpoint`` is its base URL."""
 
     def __init__(self, *, tokens: dict[str, str] | None = None, lfs_threshold: int | None = None):
         self.tokens = dict(tokens or {})
         self.lfs_threshold = lfs_threshold  # files at least this big are LFS; None: all regular
-        self.repos: dict[str, Repo] = {}
+        self.repos: dict[str, Repo] = {}  # dataset repos
+        self.models: dict[str, Repo] = {}
         self.blobs: dict[str, bytes] = {}  # git oid -> content (regular files)
         self.lfs: dict[str, bytes] = {}  # sha256 -> content
         self.upload_tickets: dict[str, str] = {}  # ticket -> expected sha256
         self.requests: list[Logged] = []
+        self.sent: list[Sent] = []
+        # repo path -> byte offset: every transfer of that file (of any repo)
+        # stops there and the connection is closed, until the entry is removed.
+        self.drop_at: dict[str, int] = {}
         self.unhandled: list[str] = []
         self.fail_next: list[int] = []  # statuses to answer the next requests with (flaky Hub)
         self.fail_route: dict[str, list[int]] = {}  # route name -> statuses for its next requests
@@ -83,7 +121,9 @@ class HubServer:
         self.lock = threading.RLock()
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
         self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.cdn = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
+        self.cdn.daemon_threads = True
+        self.threads = [threading.Thread(target=s.serve_forever, daemon=True) for s in (self.httpd, self.cdn)]
 
     # -- lifecycle --------------------------------------------------------
     @property
@@ -91,18 +131,26 @@ class HubServer:
         host, port = self.httpd.server_address[:2]
         return f"http://{host}:{port}"
 
+    @property
+    def cdn_endpoint(self) -> str:
+        host, port = self.cdn.server_address[:2]
+        return f"http://{host}:{port}"
+
     def __enter__(self) -> "HubServer":
-        self.thread.start()
+        for t in self.threads:
+            t.start()
         return self
 
     def __exit__(self, *exc) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        for s in (self.httpd, self.cdn):
+            s.shutdown()
+            s.server_close()
 
     # -- test helpers -----------------------------------------------------
     def clear_log(self) -> None:
         with self.lock:
             self.requests.clear()
+            self.sent.clear()
 
     def count(self, method: str, pattern: str = "") -> int:
         rx = re.compile(pattern)
@@ -117,28 +165,53 @@ class HubServer:
                 out.append(m.group(1))
         return out
 
+    def model_downloads(self, repo_id: str, *, complete: bool = True) -> list[str]:
+        """Paths of a model repo whose content was sent (complete transfers only, unless ``complete=False``)."""
+        return [s.path for s in self.sent
+                if s.kind == "model" and s.repo_id == repo_id and (s.complete or not complete)]
+
     def uploads(self) -> int:
         """Requests that carried file content: LFS PUTs and commits."""
         return self.count("PUT", r"^/lfs-upload/") + self.count("POST", r"/commit/")
 
-    def files(self, repo_id: str, revision: str = "main") -> dict[str, Entry]:
-        repo = self.repos[repo_id]
-        return dict(repo.commits[repo.refs.get(revision, revision)])
+    def _repos(self, kind: str) -> dict[str, Repo]:
+        return self.models if kind == "model" else self.repos
+
+    def files(self, repo_id: str, revision: str = "main", *, kind: str = "dataset") -> dict[str, Entry]:
+        repo = self._repos(kind)[repo_id]
+        return dict(repo.commits[repo.sha(revision)])
 
     def content(self, entry: Entry) -> bytes:
         return self.lfs[entry.sha256] if entry.sha256 else self.blobs[entry.oid]
 
-    def commit_files(self, repo_id: str, changes: dict[str, bytes | None], message: str = "edit") -> str:
+    def commit_files(self, repo_id: str, changes: dict[str, bytes | None], message: str = "edit", *,
+                     kind: str = "dataset") -> str:
         """A commit on main made outside the HTTP API (None deletes a path); its sha."""
         with self.lock:
-            repo = self.repos[repo_id]
+            repo = self._repos(kind)[repo_id]
             files = dict(repo.commits[repo.refs["main"]])
             for path, data in changes.items():
                 if data is None:
                     files.pop(path, None)
                 else:
-                    files[path] = self._store(data, False)
+                    files[path] = self._store(data, kind == "model" and path.endswith(MODEL_LFS_SUFFIXES))
             return self._commit(repo, "main", files, message)
+
+    def create_model(self, repo_id: str, files: dict[str, bytes], *, private: bool = False) -> str:
+        """A model repo whose main holds ``files`` (weights in LFS, as on the Hub); the commit's sha."""
+        with self.lock:
+            repo = Repo(repo_id, private, kind="model")
+            self.models[repo_id] = repo
+            self._commit(repo, "main", {".gitattributes": self._store(MODEL_GITATTRIBUTES, False)}, "initial commit")
+        return self.commit_model(repo_id, files, "upload model")
+
+    def commit_model(self, repo_id: str, changes: dict[str, bytes | None], message: str = "edit") -> str:
+        return self.commit_files(repo_id, changes, message, kind="model")
+
+    def tag(self, repo_id: str, name: str, sha: str | None = None, *, kind: str = "model") -> None:
+        with self.lock:
+            repo = self._repos(kind)[repo_id]
+            repo.tags[name] = sha or repo.refs["main"]
 
     def tamper(self, repo_id: str, path: str) -> None:
         """Changes a stored file's bytes behind the recorded oid (a corrupt mirror)."""
@@ -170,6 +243,7 @@ class HubServer:
         return sha
 
     def create(self, repo_id: str, private: bool = False) -> Repo:
+        """An empty dataset repo (what ``create_repo`` makes)."""
         repo = Repo(repo_id, private)
         self.repos[repo_id] = repo
         self._commit(repo, "main", {".gitattributes": self._store(GITATTRIBUTES, False)}, "initial commit")
@@ -184,18 +258,28 @@ class HubError(Exception):
 
 
 _API_REPO = r"/api/datasets/(?P<org>[^/]+)/(?P<name>[^/]+)"
+# Read-only endpoints serve both kinds; a model's URLs have no prefix on resolve.
+_API_ANY = r"/api/(?P<kinds>datasets|models)/(?P<org>[^/]+)/(?P<name>[^/]+)"
+_RESOLVE = r"^/(?:(?P<kinds>datasets)/)?(?P<org>[^/]+)/(?P<name>[^/]+)/resolve/(?P<rev>[^/]+)/(?P<path>.+)$"
+_CDN = r"^/lfs-cdn/(?P<sha256>[0-9a-f]{64})/(?P<org>[^/]+)/(?P<name>[^/]+)/(?P<path>.+)$"
 ROUTES = [
     ("POST", r"^/api/repos/create$", "create_repo"),
-    ("GET", _API_REPO + r"(?:/revision/(?P<rev>[^/]+))?$", "repo_info"),
-    ("GET", _API_REPO + r"/tree/(?P<rev>[^/]+)(?:/(?P<path>.+))?$", "tree"),
+    ("GET", _API_ANY + r"(?:/revision/(?P<rev>[^/]+))?$", "repo_info"),
+    ("GET", _API_ANY + r"/tree/(?P<rev>[^/]+)(?:/(?P<path>.+))?$", "tree"),
     ("POST", _API_REPO + r"/preupload/(?P<rev>[^/]+)$", "preupload"),
     ("POST", _API_REPO + r"/commit/(?P<rev>[^/]+)$", "commit"),
     ("POST", r"^/api/validate-yaml$", "validate_yaml"),
     ("POST", r"^/datasets/(?P<org>[^/]+)/(?P<name>[^/]+)\.git/info/lfs/objects/batch$", "lfs_batch"),
     ("PUT", r"^/lfs-upload/(?P<ticket>[0-9a-f]+)$", "lfs_put"),
-    ("GET", r"^/datasets/(?P<org>[^/]+)/(?P<name>[^/]+)/resolve/(?P<rev>[^/]+)/(?P<path>.+)$", "resolve"),
-    ("HEAD", r"^/datasets/(?P<org>[^/]+)/(?P<name>[^/]+)/resolve/(?P<rev>[^/]+)/(?P<path>.+)$", "resolve"),
+    ("GET", _RESOLVE, "resolve"),
+    ("HEAD", _RESOLVE, "resolve"),
+    ("GET", _CDN, "cdn"),
+    ("HEAD", _CDN, "cdn"),
 ]
+
+
+def _kind(kinds: str | None) -> str:
+    return "dataset" if kinds == "datasets" else "model"
 
 
 def _handler_for(hub: HubServer):
@@ -289,15 +373,15 @@ def _handler_for(hub: HubServer):
             if hub.tokens.get(tok) != WRITE:
                 raise HubError(403, "Your token does not have write access")
 
-        def _repo(self, org: str, name: str) -> Repo:
-            repo = hub.repos.get(f"{org}/{name}")
+        def _repo(self, org: str, name: str, kinds: str | None = "datasets") -> Repo:
+            repo = hub._repos(_kind(kinds)).get(f"{org}/{name}")
             if repo is None or (repo.private and self._token() not in hub.tokens):
                 raise HubError(404, "Repository not found", "RepoNotFound")
             return repo
 
         def _revision(self, repo: Repo, rev: str | None) -> tuple[str, dict]:
             rev = rev or "main"
-            sha = repo.refs.get(rev, rev)
+            sha = repo.sha(rev)
             if sha not in repo.commits:
                 raise HubError(404, f"Invalid rev id: {rev}", "RevisionNotFound")
             return sha, repo.commits[sha]
@@ -316,8 +400,8 @@ def _handler_for(hub: HubServer):
                 hub.create(repo_id, bool(body.get("private")) or body.get("visibility") == "private")
             return self._send_json({"url": url, "name": repo_id, "id": repo_id})
 
-        def repo_info(self, org, name, rev=None) -> int:
-            repo = self._repo(org, name)
+        def repo_info(self, kinds, org, name, rev=None) -> int:
+            repo = self._repo(org, name, kinds)
             sha, files = self._revision(repo, rev)
             return self._send_json({
                 "id": repo.repo_id, "author": org, "sha": sha, "private": repo.private,
@@ -325,8 +409,8 @@ def _handler_for(hub: HubServer):
                 "lastModified": "2026-01-01T00:00:00.000Z", "createdAt": "2026-01-01T00:00:00.000Z",
             })
 
-        def tree(self, org, name, rev, path=None) -> int:
-            repo = self._repo(org, name)
+        def tree(self, kinds, org, name, rev, path=None) -> int:
+            repo = self._repo(org, name, kinds)
             sha, files = self._revision(repo, rev)
             recursive = (self.query.get("recursive") or ["false"])[0].lower() in ("1", "true")
             base = (path or "").strip("/")
@@ -454,17 +538,30 @@ def _handler_for(hub: HubServer):
                 raise HubError(400, "Invalid metadata", body={"errors": [{"message": e} for e in errors]})
             return self._send_json({"errors": [], "warnings": []})
 
-        def resolve(self, org, name, rev, path) -> int:
-            repo = self._repo(org, name)
+        def resolve(self, kinds, org, name, rev, path) -> int:
+            repo = self._repo(org, name, kinds)
             sha, files = self._revision(repo, rev)
             entry = files.get(path)
             if entry is None:
                 raise HubError(404, f"Entry not found: {path}", "EntryNotFound", {"X-Repo-Commit": sha})
-            data = hub.content(entry)
             headers = {"X-Repo-Commit": sha, "ETag": f'"{entry.oid}"', "Accept-Ranges": "bytes"}
             if entry.sha256:
                 headers.update({"X-Linked-Etag": f'"{entry.sha256}"', "X-Linked-Size": str(entry.size)})
-            status, body = 200, data
+                if repo.kind == "model":
+                    location = f"{hub.cdn_endpoint}/lfs-cdn/{entry.sha256}/{repo.repo_id}/{path}"
+                    return self._send(302, b"", {**headers, "Location": location})
+            return self._send_content(repo, path, hub.content(entry), headers)
+
+        def cdn(self, sha256, org, name, path) -> int:
+            """The LFS storage a model's weights are redirected to: no Hub headers, no token needed."""
+            data = hub.lfs.get(sha256)
+            repo = hub.models.get(f"{org}/{name}")
+            if data is None or repo is None:
+                raise HubError(404, "NoSuchKey")
+            return self._send_content(repo, path, data, {"ETag": f'"{sha256}"', "Accept-Ranges": "bytes"})
+
+        def _send_content(self, repo: Repo, path: str, data: bytes, headers: dict) -> int:
+            status, start, body = 200, 0, data
             rng = self.headers.get("Range")
             m = re.match(r"^bytes=(\d+)-(\d*)$", rng or "")
             if m:
@@ -475,6 +572,24 @@ def _handler_for(hub: HubServer):
                 body = data[start:stop]
                 status = 206
                 headers["Content-Range"] = f"bytes {start}-{start + len(body) - 1}/{len(data)}"
-            return self._send(status, body, headers)
+            if self.command == "HEAD":
+                return self._send(status, body, headers)
+            with hub.lock:
+                cut = hub.drop_at.get(path)
+            sent = body if cut is None else body[:max(cut - start, 0)]
+            self.send_response(status)
+            for k, v in {"Content-Type": "application/octet-stream", **headers, "Content-Length": str(len(body))}.items():
+                self.send_header(k, v)
+            self.end_headers()
+            self.wfile.write(sent)
+            complete = len(sent) == len(body)
+            if not complete:
+                # The promised Content-Length is never reached: the client sees
+                # the peer close mid-body, as on a dropped connection.
+                self.wfile.flush()
+                self.close_connection = True
+            with hub.lock:
+                hub.sent.append(Sent(repo.kind, repo.repo_id, path, start, len(sent), complete))
+            return status
 
     return Handler

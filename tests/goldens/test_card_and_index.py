@@ -21,7 +21,7 @@ from huggingface_hub import CommitOperationAdd, DatasetCard, HfApi, hf_hub_downl
 import goldens
 import goldens.core
 import goldens.hub
-from conftest import WRITE_TOKEN
+from hub_server import WRITE_TOKEN
 from goldens.card import END, START
 from goldens.refs import index_path
 from parity.errors import HubError

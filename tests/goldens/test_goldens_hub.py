@@ -12,7 +12,7 @@ import pytest
 
 import goldens
 import goldens.hub
-from conftest import READ_TOKEN
+from hub_server import READ_TOKEN
 from goldens import HubRef, is_hub_reference
 from parity.errors import (
     GoldenNotFoundError,

@@ -206,7 +206,9 @@ def test_prompt_sources(tmp_path):
         load_prompts(None, tmp_path / "missing.txt", None)
 
 
-def test_model_resolution_errors(tmp_path):
+def test_model_resolution_errors(tmp_path, monkeypatch):
+    # Offline: a Hub id that is not cached is not looked up (downloads are tested in tests/goldens).
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ModelNotFoundError, match="unknown model"):
         resolve_model("not-a-preset", tmp_path)
     with pytest.raises(ModelNotFoundError, match="not found"):
