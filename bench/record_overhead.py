@@ -1,6 +1,7 @@
 """Recording overhead: full-vocab capture vs plain vLLM generation, side by side.
 
-Prints, for a tiny local Llama with a 32,000-token vocabulary:
+Prints, for a tiny local Llama with a 32,000-token vocabulary (--vocab:
+another width, e.g. 128256 for Llama 3's):
 - tokens/s of plain generation (no logprobs, default engine settings apart
   from the in-process engine the recorder also uses) and of `record`, each the
   best of --repeat interleaved runs, engine start excluded; and their ratio
@@ -9,7 +10,7 @@ Prints, for a tiny local Llama with a 32,000-token vocabulary:
 - peak RSS of a recording and of a 4x longer one (target: within 10%);
 - bytes per stored logit (target <= 3.4).
 
-Usage: python bench/record_overhead.py [--prompts 4] [--tokens 128] [--repeat 5]
+Usage: python bench/record_overhead.py [--prompts 4] [--tokens 128] [--repeat 5] [--vocab 128256]
        python bench/record_overhead.py --tp 2    # multi-worker engines only: rows
                                                  # captured and written in the output worker
 
@@ -86,18 +87,19 @@ def bytes_per_logit(store_path: Path, manifest) -> float:
     return sum(p.stat().st_size for p in files) / (rows * manifest.vocab_size)
 
 
-def rss_child(tokens: int, n_prompts: int, out: str) -> None:
+def rss_child(tokens: int, n_prompts: int, out: str, vocab: int) -> None:
     from recorder.tinymodel import tiny_model_dir
 
-    model = tiny_model_dir(Path(os.environ["PARITY_CACHE"]), vocab_size=VOCAB)
+    model = tiny_model_dir(Path(os.environ["PARITY_CACHE"]), vocab_size=vocab)
     recorded_generation(model, (PROMPTS * n_prompts)[:n_prompts], tokens, Path(out), True)
     status = Path("/proc/self/status").read_text()
     hwm = next(line for line in status.splitlines() if line.startswith("VmHWM"))
     print(json.dumps({"peak_rss_kib": int(hwm.split()[1])}))
 
 
-def measure_rss(tokens: int, n_prompts: int, out: Path) -> int:
-    cmd = [sys.executable, __file__, "--rss-child", str(tokens), "--prompts", str(n_prompts), "--out", str(out)]
+def measure_rss(tokens: int, n_prompts: int, out: Path, vocab: int) -> int:
+    cmd = [sys.executable, __file__, "--rss-child", str(tokens), "--prompts", str(n_prompts), "--out", str(out),
+           "--vocab", str(vocab)]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
     return json.loads(proc.stdout.strip().splitlines()[-1])["peak_rss_kib"]
 
@@ -110,20 +112,21 @@ def main() -> None:
     ap.add_argument("--rss-child", type=int, default=None)
     ap.add_argument("--out", default=None)
     ap.add_argument("--tp", type=int, default=1, help="compare at this tensor-parallel size only (worker capture)")
+    ap.add_argument("--vocab", type=int, default=VOCAB, help="the tiny model's vocabulary (Llama 3: 128256)")
     args = ap.parse_args()
     cache = Path(os.environ.get("PARITY_CACHE") or Path(tempfile.gettempdir()) / "parity-bench-cache")
     _env(cache)
     if args.rss_child is not None:
-        rss_child(args.rss_child, args.prompts, args.out)
+        rss_child(args.rss_child, args.prompts, args.out, args.vocab)
         return
 
     from recorder.tinymodel import tiny_model_dir
 
-    model = tiny_model_dir(cache, vocab_size=VOCAB)
+    model = tiny_model_dir(cache, vocab_size=args.vocab)
     prompts = (PROMPTS * args.prompts)[: args.prompts]
     work = Path(tempfile.mkdtemp(prefix="parity-bench-"))
     if args.tp > 1:
-        compare_workers(model, prompts, args.tokens, args.repeat, args.tp, work)
+        compare_workers(model, prompts, args.tokens, args.repeat, args.tp, work, args.vocab)
         return
     runs: dict[str, list[float]] = {k: [] for k in ("plain", "plain1", "rec", "rec1", "rec1p")}
     last = None
@@ -145,7 +148,7 @@ def main() -> None:
         "rec1": "record --batch 1 (default), generated rows",
         "rec1p": "record --batch 1, + prompt rows",
     }
-    print(f"model: tiny Llama, vocab {VOCAB}; {n} prompts x {args.tokens} tokens; best of {args.repeat}; engine start excluded")
+    print(f"model: tiny Llama, vocab {args.vocab}; {n} prompts x {args.tokens} tokens; best of {args.repeat}; engine start excluded")
     for k in ("plain", "rec", "plain1", "rec1", "rec1p"):
         print(f"{label[k]:<46} {best[k]:8.1f} tok/s   runs {[round(x) for x in runs[k]]}")
     print(f"{'public logprobs=-1 path (1 x 8 tokens)':<46} {public:8.1f} tok/s")
@@ -159,14 +162,15 @@ def main() -> None:
     bpl = bytes_per_logit(last.path, last.manifest)
     print(f"bytes per stored logit (lossless)       {bpl:8.2f}     (float32 = 4.00; target <= 3.4)")
 
-    short = measure_rss(args.tokens, args.prompts, work / "rss-short")
-    long = measure_rss(args.tokens * 4, args.prompts, work / "rss-long")
+    short = measure_rss(args.tokens, args.prompts, work / "rss-short", args.vocab)
+    long = measure_rss(args.tokens * 4, args.prompts, work / "rss-long", args.vocab)
     print(f"peak RSS, {args.tokens} tokens/prompt            {short / 1024:8.1f} MiB")
     print(f"peak RSS, {args.tokens * 4} tokens/prompt            {long / 1024:8.1f} MiB")
     print(f"ratio long/short peak RSS               {long / short:8.3f}x   (target <= 1.10)")
 
 
-def compare_workers(model: Path, prompts: list[str], tokens: int, repeat: int, tp: int, work: Path) -> None:
+def compare_workers(model: Path, prompts: list[str], tokens: int, repeat: int, tp: int, work: Path,
+                    vocab: int = VOCAB) -> None:
     """Plain generation vs recording with --tp N, interleaved: rows captured and written in the output worker."""
     n = len(prompts)
     plain, rec = [], []
@@ -174,7 +178,7 @@ def compare_workers(model: Path, prompts: list[str], tokens: int, repeat: int, t
         plain.append(plain_generation(model, prompts, tokens, tp=tp, max_num_seqs=n))
         tps, res = recorded_generation(model, prompts, tokens, work / f"tp{i}", False, batch=n, tp=tp)
         rec.append(tps)
-    print(f"model: tiny Llama, vocab {VOCAB}; {n} prompts x {tokens} tokens; --tp {tp} "
+    print(f"model: tiny Llama, vocab {vocab}; {n} prompts x {tokens} tokens; --tp {tp} "
           f"(executor {res.manifest.run['executor']}, capture {res.manifest.run['capture']}); best of {repeat}")
     print(f"{'plain generation, tp ' + str(tp):<46} {max(plain):8.1f} tok/s   runs {[round(x) for x in plain]}")
     print(f"{'record, tp ' + str(tp) + ', generated rows':<46} {max(rec):8.1f} tok/s   runs {[round(x) for x in rec]}")

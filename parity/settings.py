@@ -20,6 +20,9 @@ class Settings:
     # "fused" or "numpy": forces the diff's full-vocabulary kernel (checking
     # a suspected kernel bug, benchmarks); empty means the fastest built one.
     diff_kernel: str = ""
+    # Off ("0"): every array is read through zarr instead of the shard
+    # reader (schemas/shards.py), to rule the fast path out or to measure it.
+    fast_read: bool = True
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> "Settings":
@@ -35,6 +38,7 @@ class Settings:
             no_progress=_flag(env.get("PARITY_NO_PROGRESS")) or _flag(env.get("CI")),
             hf_offline=_flag(env.get("HF_HUB_OFFLINE")),
             diff_kernel=(env.get("PARITY_DIFF_KERNEL") or "").strip().lower(),
+            fast_read=(env.get("PARITY_FAST_READ") or "1").strip().lower() not in {"0", "false", "no", "off"},
         )
 
 

@@ -32,8 +32,11 @@ from parity.errors import (
     StoreNotFoundError,
 )
 
+from parity.settings import settings
+
 from .digest import ArrayHasher, canonical_json, digest_bytes, hash_array, parse_tagged
 from .manifest import ArrayInfo, Manifest
+from .shards import ArrayReader, Unsupported
 
 log = logging.getLogger("parity")
 
@@ -44,6 +47,12 @@ NAME_HEX_CHARS = 24
 CHUNK_ROWS = 16
 SHARD_TARGET_BYTES = 64 << 20
 VECTOR_CHUNK = 1 << 16
+# verify decodes blocks of about this many raw bytes on up to VERIFY_THREADS
+# threads (one per core), this many blocks ahead of the hashing; peak memory
+# is a few blocks per thread, whatever the store.
+VERIFY_BLOCK_BYTES = 8 << 20
+VERIFY_AHEAD = 2
+VERIFY_THREADS = 4
 
 # Generated rows and prompt rows live in separate arrays (SPEC.md, "Arrays").
 GENERATED = "generated"
@@ -514,15 +523,22 @@ class StoreWriter:
 
 
 class Store:
-    """A committed store, opened read-only and validated."""
+    """A committed store, opened read-only and validated.
+
+    Arrays are read by the shard reader (``schemas/shards.py``) when their
+    metadata is what it knows, else through zarr; ``PARITY_FAST_READ=0``
+    sends every read through zarr.
+    """
 
     def __init__(self, path: Path, group: zarr.Group, manifest: Manifest):
         self.path = path
         self.group = group
         self.manifest = manifest
-        self._offsets = np.asarray(group["token_offsets"][:], dtype=np.int64)
-        self._block_cache: dict[str, tuple[np.ndarray, list[int]]] = {}
+        self._fast = settings().fast_read
+        self._readers: dict[str, ArrayReader | None] = {}
         self._arrays: dict[str, zarr.Array] = {}
+        self._block_cache: dict[str, tuple[np.ndarray, list[int]]] = {}
+        self._offsets = np.asarray(self._read("token_offsets", slice(None)), dtype=np.int64)
 
     @classmethod
     def open(cls, path: Path | str) -> "Store":
@@ -556,13 +572,21 @@ class Store:
         return self.manifest.request.full_vocab
 
     def check_complete(self) -> None:
-        """Every chunk (or shard) file that holds data is on disk."""
+        """Every chunk (or shard) file that holds data is on disk.
+
+        Chunks missing inside a shard that is there are found when read: the
+        shard reader refuses to return fill values for rows of a block.
+        """
         for name, info in self.manifest.arrays.items():
             if not info.shape or info.shape[0] == 0:
                 continue
-            arr = self.group[name]
-            per_file = arr.shards[0] if arr.shards else arr.chunks[0]
-            if arr.ndim == 2:
+            reader = self._reader(name)
+            if reader is not None:
+                per_file = reader.rows_per_file
+            else:
+                arr = self._array(name)
+                per_file = arr.shards[0] if arr.shards else arr.chunks[0]
+            if len(info.shape) == 2:
                 starts, counts = self._blocks(kind_of(name))
                 needed = sorted({i for a, n in zip(starts, counts) if n
                                  for i in range(int(a) // per_file, (int(a) + n - 1) // per_file + 1)})
@@ -612,42 +636,135 @@ class Store:
         cat = lambda xs: np.concatenate(xs) if xs else np.zeros(0, np.int32)  # noqa: E731
         return cat(seqs), cat(positions)
 
-    def rows(self, kind: str, start: int = 0, stop: int | None = None, ids: bool = False) -> np.ndarray:
+    def rows(self, kind: str, start: int = 0, stop: int | None = None, ids: bool = False,
+             out: np.ndarray | None = None) -> np.ndarray:
+        """Rows [start, stop) of a row array (the ids array with ``ids``).
+
+        ``out``: a C-contiguous array of exactly the rows' shape and dtype to
+        decode into (a caller streaming blocks reuses a few buffers instead of
+        faulting in fresh pages for every block); it is returned.
+        """
         values, id_name = row_array_names(kind)
         name = id_name if ids else values
-        if name not in self.group:
+        if name not in self.manifest.arrays:
             raise KeyError(f"store has no {name} array")
-        return self._read(name, slice(start, stop))
+        return self._read(name, slice(start, stop), out)
 
     def sequence_rows(self, kind: str, seq: int, ids: bool = False) -> np.ndarray:
         starts, counts = self._blocks(kind)
         return self.rows(kind, int(starts[seq]), int(starts[seq]) + counts[seq], ids=ids)
 
-    def _read(self, name: str, sl: slice) -> np.ndarray:
+    def _read(self, name: str, sl: slice, out: np.ndarray | None = None) -> np.ndarray:
+        if out is not None:
+            self._check_out(name, sl, out)
         try:
-            array = self._arrays.get(name)
-            if array is None:  # opening reads and parses the array's metadata
-                array = self._arrays[name] = self.group[name]
-            return np.asarray(array[sl])
+            reader = self._reader(name)
+            if reader is not None:
+                start, stop, step = sl.indices(reader.shape[0])
+                if step == 1:
+                    return reader.read(start, stop, out)
+            values = np.asarray(self._array(name)[sl])
+            if out is None:
+                return values
+            out[...] = values
+            return out
         except Exception as e:  # checksum failures and undecodable chunks surface here
             raise StoreCorruptError(f"{self.path}: cannot read {name}: {type(e).__name__}: {e}") from None
 
+    def _check_out(self, name: str, sl: slice, out: np.ndarray) -> None:
+        info = self.manifest.arrays[name]
+        start, stop, step = sl.indices(info.shape[0])
+        shape = (len(range(start, stop, step)), *info.shape[1:])
+        if out.shape != shape or out.dtype != np.dtype(info.dtype) or not out.flags.c_contiguous:
+            raise ValueError(f"out must be a C-contiguous {np.dtype(info.dtype)} array of shape {shape}, "
+                             f"got {out.dtype} {out.shape}")
+
+    def _array(self, name: str) -> zarr.Array:
+        array = self._arrays.get(name)
+        if array is None:  # opening reads and parses the array's metadata
+            array = self._arrays[name] = self.group[name]
+        return array
+
+    def _reader(self, name: str) -> ArrayReader | None:
+        """The shard reader of an array, or None when zarr reads it."""
+        if name in self._readers:
+            return self._readers[name]
+        reader = None
+        if self._fast:
+            # Row arrays have padding (rows outside every block) that may
+            # never have been written; every entry of a 1-D array is data.
+            required = self._holds_data(kind_of(name)) if name in self._row_arrays() else (lambda a, b: True)
+            try:
+                reader = ArrayReader.open(self.path / name, required)
+            except Unsupported as e:
+                log.debug("%s: zarr reads %s (%s)", self.path, name, e)
+            else:
+                info = self.manifest.arrays.get(name)
+                if info is not None and (reader.shape != tuple(info.shape) or reader.dtype != np.dtype(info.dtype)):
+                    log.debug("%s: zarr reads %s (metadata disagrees with the manifest)", self.path, name)
+                    reader = None
+        self._readers[name] = reader
+        return reader
+
+    def _row_arrays(self) -> set[str]:
+        return {n for kind in ROW_KINDS for n in row_array_names(kind)}
+
+    def _holds_data(self, kind: str):
+        """Whether rows [a, b) of a row array overlap a sequence's block (else they are padding)."""
+        def holds(a: int, b: int) -> bool:
+            starts, counts = self._blocks(kind)
+            starts = np.asarray(starts, np.int64)
+            ends = starts + np.asarray(counts, np.int64)
+            return bool(np.any((starts < b) & (ends > a) & (ends > starts)))
+        return holds
+
+    def _stream(self, name: str, spans: list[tuple[int, int, int]], row_bytes: int):
+        """(tag, rows) for every block of VERIFY_BLOCK_BYTES in each (tag, start, stop) span, in order.
+
+        Blocks are decoded ahead on helper threads into a ring of reused
+        buffers: a yielded array is overwritten once the consumer asks for a
+        few more, so use it (hash it) before moving on.
+        """
+        step = max(VERIFY_BLOCK_BYTES // max(row_bytes, 1) // CHUNK_ROWS * CHUNK_ROWS, CHUNK_ROWS)
+        cuts = [(tag, r, min(r + step, b)) for tag, a, b in spans for r in range(a, b, step)]
+        if not cuts:
+            return
+        threads = max(1, min(_cores(), VERIFY_THREADS, len(cuts)))
+        ahead_n = max(VERIFY_AHEAD, threads)
+        info = self.manifest.arrays[name]
+        ring = [np.empty((min(step, max(b - a for _, a, b in cuts)), *info.shape[1:]), np.dtype(info.dtype))
+                for _ in range(ahead_n + 1)]
+
+        def read(i: int) -> np.ndarray:
+            _, a, b = cuts[i]
+            return self._read(name, slice(a, b), ring[i % len(ring)][: b - a])
+
+        with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="parity-verify-read") as pool:
+            ahead = deque(pool.submit(read, i) for i in range(min(ahead_n, len(cuts))))
+            for i, (tag, _, _) in enumerate(cuts):
+                rows = ahead.popleft().result()
+                if i + ahead_n < len(cuts):
+                    ahead.append(pool.submit(read, i + ahead_n))
+                yield tag, rows
+
     # -- verification -----------------------------------------------------
     def verify(self) -> Manifest:
-        """Re-derives every array digest and the content digest and request key."""
+        """Re-derives every array digest and the content digest and request key.
+
+        Rows are decoded on a helper thread a few blocks ahead of the hashing
+        (both release the GIL), into a ring of reused buffers.
+        """
         for name, info in self.manifest.arrays.items():
-            arr = self.group[name]
             dtype = np.dtype(info.dtype)
-            if arr.ndim == 2:
+            if len(info.shape) == 2:
                 starts, counts = self._blocks(kind_of(name))
-                step = CHUNK_ROWS * 16
-                blocks = []
-                for a, n in zip(starts, counts):
-                    hasher = ArrayHasher(dtype)
-                    for r in range(int(a), int(a) + n, step):
-                        hasher.update(self._read(name, slice(r, min(r + step, int(a) + n))))
-                    blocks.append(hasher.hexdigest((n, arr.shape[1])))
-                actual = rows_digest(dtype, arr.shape[1], blocks)
+                width = info.shape[1]
+                hashers = [ArrayHasher(dtype) for _ in counts]
+                spans = [(s, int(a), int(a) + n) for s, (a, n) in enumerate(zip(starts, counts))]
+                for s, rows in self._stream(name, spans, width * dtype.itemsize):
+                    hashers[s].update(rows)
+                blocks = [h.hexdigest((n, width)) for h, n in zip(hashers, counts)]
+                actual = rows_digest(dtype, width, blocks)
             else:
                 actual = hash_array(self._read(name, slice(None)))
             if actual != info.digest:
@@ -660,6 +777,13 @@ class Store:
         if self.path.name.endswith(STORE_SUFFIX) and self.path.name != store_name(derived.digest):
             raise StoreCorruptError(f"{self.path}: directory name does not match the content digest {derived.digest}")
         return derived
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def open_store(path: Path | str) -> Store:
