@@ -80,7 +80,8 @@ class StaleHeadError(HubError):
     hint = "push again: nothing was committed"
 
 
-def _status(exc: BaseException) -> int | None:
+def http_status(exc: BaseException) -> int | None:
+    """The HTTP status of a client error, if it carries a response."""
     response = getattr(exc, "response", None)
     return getattr(response, "status_code", None)
 
@@ -91,7 +92,7 @@ def _is_transient(exc: BaseException) -> bool:
     if isinstance(exc, NETWORK_ERRORS):
         return True
     if isinstance(exc, HfHubHTTPError):
-        return _status(exc) in TRANSIENT_STATUS
+        return http_status(exc) in TRANSIENT_STATUS
     if _wrapper(exc):
         # snapshot_download reports a cache miss when the Hub is unreachable and
         # LFS uploads wrap their failure: the cause says what really happened.
@@ -111,7 +112,7 @@ def call(fn: Callable[[], T], *, hub: Hub, repo: str, what: str) -> T:
             return fn()
         except Exception as exc:  # noqa: BLE001 - every client error is mapped below
             if _is_transient(exc) and attempt < ATTEMPTS and not hub.offline:
-                log.warning("%s: %s; retrying in %.1fs (attempt %d/%d)", what, _short(exc), delay, attempt, ATTEMPTS)
+                log.warning("%s: %s; retrying in %.1fs (attempt %d/%d)", what, short_error(exc), delay, attempt, ATTEMPTS)
                 time.sleep(delay)
                 delay *= 2
                 continue
@@ -119,7 +120,7 @@ def call(fn: Callable[[], T], *, hub: Hub, repo: str, what: str) -> T:
     raise AssertionError("unreachable")
 
 
-def _short(exc: BaseException) -> str:
+def short_error(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
 
@@ -131,7 +132,7 @@ def translate(exc: BaseException, *, hub: Hub, repo: str, what: str, attempts: i
     if type(exc) is RuntimeError and exc.__cause__ is not None:
         return translate(exc.__cause__, hub=hub, repo=repo, what=what, attempts=attempts)
     where = f"{repo} on {hub.endpoint}"
-    status = _status(exc)
+    status = http_status(exc)
     if isinstance(exc, GatedRepoError):
         return HubAuthError(f"{what}: {where} is gated", hint="accept its access conditions on the Hub, then set HF_TOKEN or run `hf auth login`")
     if isinstance(exc, RepositoryNotFoundError):
@@ -158,11 +159,11 @@ def translate(exc: BaseException, *, hub: Hub, repo: str, what: str, attempts: i
     if _is_transient(exc):
         cause = exc.__cause__ if isinstance(exc, LocalEntryNotFoundError) and exc.__cause__ else exc
         return HubError(
-            f"{what}: cannot reach {hub.endpoint} after {attempts} attempt(s) ({_short(cause)})",
+            f"{what}: cannot reach {hub.endpoint} after {attempts} attempt(s) ({short_error(cause)})",
             hint="check the network and HF_ENDPOINT, or set HF_HUB_OFFLINE=1 to use cached goldens",
         )
     if status == 412:
         return StaleHeadError(f"{what}: {where} changed since it was read (412)")
     if isinstance(exc, HfHubHTTPError):
-        return HubError(f"{what}: the Hub answered {status} for {where} ({_short(exc)})", hint="retry later; rerun with PARITY_DEBUG=1 for details")
-    return HubError(f"{what}: {_short(exc)}", hint="rerun with PARITY_DEBUG=1 for details")
+        return HubError(f"{what}: the Hub answered {status} for {where} ({short_error(exc)})", hint="retry later; rerun with PARITY_DEBUG=1 for details")
+    return HubError(f"{what}: {short_error(exc)}", hint="rerun with PARITY_DEBUG=1 for details")

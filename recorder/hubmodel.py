@@ -31,7 +31,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import httpx2
 from huggingface_hub import HfApi, constants, get_cached_repo_tree, snapshot_download
 from huggingface_hub.errors import (
     CachedRepoTreeNotFoundError,
@@ -46,6 +45,7 @@ from huggingface_hub.errors import (
 from huggingface_hub.file_download import repo_folder_name
 from huggingface_hub.utils import tqdm as hf_tqdm
 
+from goldens.hub import NETWORK_ERRORS, http_status, short_error
 from parity.errors import HubAuthError, HubError, ModelNotFoundError, ParityError
 from parity.output import human_bytes
 from parity.settings import settings
@@ -61,7 +61,6 @@ BIN_INDEX = "pytorch_model.bin.index.json"
 FIRST_FILES = ("config.json", "generation_config.json", *TOKENIZER_FILES, SAFETENSORS_INDEX)
 # .bin files in a repo's top level that are not weights (vLLM skips them too).
 NOT_WEIGHTS = ("training_args.bin", "optimizer.bin", "scheduler.bin", "scaler.bin", "rng_state.bin")
-NETWORK_ERRORS = (httpx2.TransportError, ConnectionError, TimeoutError)
 
 
 @dataclass(frozen=True)
@@ -223,10 +222,6 @@ def _sample(names: list[str]) -> str:
     return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
 
 
-def _status(exc: BaseException) -> int | None:
-    return getattr(getattr(exc, "response", None), "status_code", None)
-
-
 def _cause(exc: BaseException) -> BaseException:
     # The client reports a failed Hub call as a cache miss (LocalEntryNotFoundError)
     # or a revision it cannot resolve, with the real failure as the cause.
@@ -235,16 +230,11 @@ def _cause(exc: BaseException) -> BaseException:
     return exc
 
 
-def _short(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
-
-
 def _translate(exc: BaseException, *, repo: str, revision: str | None, endpoint: str, cache: Path,
                offline: bool) -> Exception:
     where = f"{repo}@{revision}" if revision else repo
     cause = _cause(exc)
-    status = _status(cause)
+    status = http_status(cause)
     if isinstance(cause, GatedRepoError):
         return HubAuthError(f"model {where} on {endpoint} is gated",
                             hint="accept its access conditions on the Hub, then set HF_TOKEN or run `hf auth login`")
@@ -269,13 +259,13 @@ def _translate(exc: BaseException, *, repo: str, revision: str | None, endpoint:
             hint="unset HF_HUB_OFFLINE to download it, or pass a local model directory",
         )
     if isinstance(cause, NETWORK_ERRORS) or (isinstance(cause, OSError) and "Consistency check failed" in str(cause)):
-        return HubError(f"download of model {where} from {endpoint} failed ({_short(cause)})",
+        return HubError(f"download of model {where} from {endpoint} failed ({short_error(cause)})",
                         hint="check the network and HF_ENDPOINT, then run the same command again: "
                              "it downloads what is missing")
     if isinstance(cause, HfHubHTTPError):
-        return HubError(f"the Hub answered {status} for model {where} on {endpoint} ({_short(cause)})",
+        return HubError(f"the Hub answered {status} for model {where} on {endpoint} ({short_error(cause)})",
                         hint="retry later; rerun with PARITY_DEBUG=1 for details")
     if isinstance(cause, OSError) and cause.errno is not None:
         return HubError(f"cannot write model {where} to the Hugging Face cache {cache}: {cause.strerror or cause}",
                         hint="free disk space or point HF_HUB_CACHE elsewhere")
-    return HubError(f"model {where}: {_short(cause)}", hint="rerun with PARITY_DEBUG=1 for details")
+    return HubError(f"model {where}: {short_error(cause)}", hint="rerun with PARITY_DEBUG=1 for details")
