@@ -3,23 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from schemas import Store
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def parity(*args: str, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
-    full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
-    full_env.pop("PARITY_DEBUG", None)
-    return subprocess.run([sys.executable, "-m", "parity.cli", *args], capture_output=True, text=True,
-                          env=full_env, timeout=timeout, cwd=ROOT)
+from tests.cli_run import parity
 
 
 def assert_one_line_error(proc: subprocess.CompletedProcess, *fragments: str, code: int = 2) -> None:

@@ -3,24 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from differ.testing import SeqData, StoreSpec, greedy_tokens, log_softmax, write_store
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def parity(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "PARITY_NO_PROGRESS": "1"}
-    env.pop("PARITY_DEBUG", None)
-    return subprocess.run([sys.executable, "-m", "parity.cli", *args], capture_output=True, text=True,
-                          env=env, timeout=600, cwd=ROOT)
+from tests.cli_run import parity
 
 
 @pytest.fixture

@@ -9,26 +9,16 @@ Hub's HTTP protocol to the real huggingface_hub client.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from schemas import Store
+from tests.cli_run import parity
 
-ROOT = Path(__file__).resolve().parents[2]
 LAYERS = 4
 DRIFT_LAYER = 2  # binary search probes depths 4, 2, 3: depth 1's golden is never needed
-
-
-def parity(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "parity.cli", *args], capture_output=True, text=True, env=env,
-                          timeout=600, cwd=ROOT)
 
 
 @pytest.fixture(scope="module")

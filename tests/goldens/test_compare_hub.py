@@ -3,20 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 from schemas import Store
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def parity(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "parity.cli", *args], capture_output=True, text=True, env=env,
-                          timeout=300, cwd=ROOT)
+from tests.cli_run import parity
 
 
 def test_candidates_from_a_hub_repo_are_the_stores_of_the_references_request(hub, stores, tmp_path):

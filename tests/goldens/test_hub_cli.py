@@ -2,20 +2,10 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 from schemas import Store
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def parity(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "parity.cli", *args], capture_output=True, text=True, env=env,
-                          timeout=300, cwd=ROOT)
+from tests.cli_run import parity
 
 
 def test_push_pull_ls_and_diff_a_hub_reference(hub, stores):

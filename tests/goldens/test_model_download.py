@@ -10,9 +10,7 @@ imported); the CLI runs as a subprocess with the hub fixture's environment.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -22,8 +20,8 @@ from parity.errors import HubAuthError, ModelNotFoundError, UsageError
 from recorder.hubmodel import select_files
 from recorder.inputs import resolve_model, weights_digest
 from schemas import Store
+from tests.cli_run import parity
 
-ROOT = Path(__file__).resolve().parents[2]
 REPO = "org/tiny"
 # What vLLM loads from the repo below, and so all that may be downloaded.
 NEEDED = sorted(["config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
@@ -61,13 +59,6 @@ def resolve(hub, tmp_path: Path, spec: str = REPO, **kw):
 
 def snapshot(hub, commit: str) -> Path:
     return hub.cache_dir / "models--org--tiny" / "snapshots" / commit
-
-
-def parity(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    full = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
-    full.pop("PARITY_DEBUG", None)
-    return subprocess.run([sys.executable, "-m", "parity.cli", *args], capture_output=True, text=True, env=full,
-                          timeout=600, cwd=ROOT)
 
 
 def assert_one_line_error(proc: subprocess.CompletedProcess, *fragments: str) -> str:
