@@ -69,8 +69,8 @@ class DepthRecording:
 
 
 def at_depth(cfg: RecordConfig, depth: int) -> RecordConfig:
-    # The full depth is passed explicitly too: the request normalises it away, and the
-    # rbln profile keeps the plugin's layer limit armed for later depths in this process.
+    # The full depth is passed explicitly too (the request normalises it away), so every
+    # depth is planned and reported the same way.
     return dataclasses.replace(cfg, engine=dataclasses.replace(cfg.engine, num_hidden_layers=depth))
 
 

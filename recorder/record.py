@@ -262,7 +262,6 @@ def record(cfg: RecordConfig, progress: Callable[[Progress], None] | None = None
 
     hf = getattr(profile, "runner", "vllm") == "hf"
     with _environment(profile.environment(cfg.engine, full_vocab=plan.topn is None)):
-        profile.before_engine(cfg.engine)
         return _record(cfg, plan, engine_model, hf, progress)
 
 

@@ -69,9 +69,6 @@ class DeviceProfile:
         """How this device runs a model cut to --num-hidden-layers (one of the TRUNCATE_* names)."""
         return TRUNCATE_CHECKPOINT
 
-    def before_engine(self, opts: EngineOptions) -> None:
-        """Last check with the device's environment applied, just before the engine starts."""
-
     def plan_details(self, opts: EngineOptions) -> dict:
         """Device-specific choices worth showing in a dry-run plan (JSON-serialisable)."""
         return {}

@@ -57,9 +57,12 @@ vLLM paths are vLLM 0.30.0, which vllm-rbln 0.12 pins):
   ``VLLM_RBLN_NUM_HIDDEN_LAYERS=K`` (``patches/distributed_utils.py:21-57``:
   only the first K layers are built, the rest's weights are skipped; part of
   the compile-cache key, ``envs.py:386-392``; refused below the pp size,
-  ``:47-53``). The patch is applied once, when the plugin loads, and only if the
-  variable is set then (``:30``), so a process that loaded the plugin without
-  it is refused rather than silently building every layer. On the optimum path,
+  ``:47-53``). The patch's condition (``:30``) is evaluated each time an engine
+  is created (``create_engine_config`` -> ``pre_register_and_update``,
+  ``platform/__init__.py:288-292`` -> ``patches/registry.py:264-286``, which
+  retries patches not yet applied), and the patched function reads the variable
+  on every call, so recordings of several depths in one process each get their
+  own limit. On the optimum path,
   ``hf_overrides`` (optimum-rbln compiles from the overridden config,
   ``model_executor/models/optimum/model_base.py:250-269``). A stray
   ``VLLM_RBLN_NUM_HIDDEN_LAYERS`` in the environment is refused: the store
@@ -78,7 +81,7 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from parity.errors import DeviceUnavailableError, EngineError, UsageError
+from parity.errors import DeviceUnavailableError, UsageError
 
 from .base import TRUNCATE_HF_OVERRIDES, TRUNCATE_PLUGIN_ENV, DeviceProfile, EngineOptions, module_available
 
@@ -243,22 +246,6 @@ class RblnProfile(DeviceProfile):
         # optimum: optimum-rbln compiles from the overridden hf_config
         # (model_executor/models/optimum/model_base.py:250-269).
         return TRUNCATE_PLUGIN_ENV if choose_path(opts).path == PATH_VLLM else TRUNCATE_HF_OVERRIDES
-
-    def before_engine(self, opts: EngineOptions) -> None:
-        if not opts.num_hidden_layers or choose_path(opts).path != PATH_VLLM:
-            return
-        import sys
-
-        utils = sys.modules.get("vllm.distributed.utils")
-        if "vllm_rbln" in sys.modules and utils is not None and \
-                getattr(utils.get_pp_indices, "__name__", "") != "patched_get_pp_indices":
-            # The plugin applies its layer-limit patch once, when it loads, and only if the
-            # variable is set then (patches/distributed_utils.py:30): a process that loaded
-            # it without the limit would silently build every layer.
-            raise EngineError(
-                "vllm-rbln was loaded in this process without a layer limit, so it would build every layer",
-                hint="record this depth in a new process (parity bisect and --depths pass the limit from the start)",
-            )
 
     def plan_details(self, opts: EngineOptions) -> dict:
         choice = choose_path(opts)
