@@ -5,7 +5,9 @@ from __future__ import annotations
 import logging
 import math
 import numbers
+import threading
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Sequence
@@ -14,7 +16,7 @@ import numpy as np
 
 from parity.errors import ParityError, UsageError
 from parity.settings import settings
-from schemas.store import GENERATED, PROMPT, Store
+from schemas.store import GENERATED, PROMPT, Store, available_cores, row_array_names
 
 from . import metrics
 from .plan import KINDS, Pairs, Plan, blocks, build_plan, check_compatible
@@ -24,7 +26,10 @@ from .thresholds import Thresholds
 
 log = logging.getLogger("parity")
 
-BLOCK_BYTES = 8 << 20  # raw float32 bytes per side per block (peak RSS grows with it)
+# Raw float32 bytes per side per block. Small on purpose: a block's rows are
+# decoded and compared while they are still in the CPU's cache, and each
+# worker keeps its own buffers (peak RSS stays flat in the store's size).
+BLOCK_BYTES = 2 << 20
 MAX_BLOCK_ROWS = 256
 MAX_TOPN_BLOCK_ROWS = 2048
 SNIPPET = 3  # head and tail entries shown for the worst position
@@ -33,10 +38,10 @@ SNIPPET = 3  # head and tail entries shown for the worst position
 DETAIL_TOP = 5
 DETAIL_FIELDS = ("ref_top5_ids", "ref_top5_lp", "cand_top5_ids", "cand_top5_lp")
 
-# Blocks read and decoded ahead on a helper thread while one is compared:
-# blosc and numpy release the GIL, so on two cores reading and comparing
-# overlap; two blocks ahead absorb the jitter of either side.
-READ_AHEAD = 2
+# Every worker reads, decodes and compares whole blocks (Blosc, the pread and
+# the C kernel release the GIL), one worker per core; results are taken in
+# order, at most this many blocks per worker in flight.
+IN_FLIGHT_PER_WORKER = 2
 Progress = Callable[[int, int], None]
 Decode = Callable[[int], str]
 
@@ -58,15 +63,39 @@ def _width(ref: Store, cand: Store) -> tuple[int, bool]:
     return width, full
 
 
-def _read_group(ref: Store, cands: Sequence[Store], kind: str, pairs: Sequence[Pairs], a: int, b: int):
-    """(ref values, ref ids, [(cand values, cand ids), ...]) for pairs [a, b)."""
+class _Buffers(threading.local):
+    """A worker's reusable block buffers, one per side (no fresh pages per block)."""
+
+    def __init__(self):
+        self.arrays: dict[int, np.ndarray] = {}
+
+    def rows(self, side: int, store: Store, kind: str, start: int, n: int) -> np.ndarray:
+        if not store.full_vocab:  # narrow top-N rows: small, and their ids come along
+            return store.rows(kind, start, start + n)
+        info = store.manifest.arrays[row_array_names(kind)[0]]
+        dtype = np.dtype(info.dtype)
+        buf = self.arrays.get(side)
+        if buf is None or buf.shape[0] < n or buf.shape[1:] != tuple(info.shape[1:]) or buf.dtype != dtype:
+            buf = self.arrays[side] = np.empty((max(n, 16), *info.shape[1:]), dtype)
+        return store.rows(kind, start, start + n, out=buf[:n])
+
+
+def _read_group(ref: Store, cands: Sequence[Store], kind: str, pairs: Sequence[Pairs], a: int, b: int,
+                buffers: _Buffers | None = None):
+    """(ref values, ref ids, [(cand values, cand ids), ...]) for pairs [a, b).
+
+    With ``buffers``, full-vocabulary values are decoded into the calling
+    worker's buffers: valid until its next block.
+    """
+    buffers = buffers or _Buffers()
     ra, n = int(pairs[0].ref[a]), b - a
     sides = []
-    for cand, p in zip(cands, pairs):
+    for side, (cand, p) in enumerate(zip(cands, pairs), start=1):
         ca = int(p.cand[a])
-        sides.append((cand.rows(kind, ca, ca + n), None if cand.full_vocab else cand.rows(kind, ca, ca + n, ids=True)))
+        sides.append((buffers.rows(side, cand, kind, ca, n),
+                      None if cand.full_vocab else cand.rows(kind, ca, ca + n, ids=True)))
     return (
-        ref.rows(kind, ra, ra + n),
+        buffers.rows(0, ref, kind, ra, n),
         None if ref.full_vocab else ref.rows(kind, ra, ra + n, ids=True),
         sides,
     )
@@ -129,31 +158,43 @@ def compare_group(ref: Store, cands: Sequence[Store], kind: str, pairs: Sequence
     fulls = [full for _, full in shapes]
     # The narrowest budget keeps every side's block within BLOCK_BYTES.
     cuts = blocks(pairs, min(block_rows_for(w, full) for w, full in shapes))
-    # At most READ_AHEAD + 1 blocks per side are held at once.
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="parity-diff-read") as pool:
-        ahead = [pool.submit(_read_group, ref, cands, kind, pairs, a, b) for a, b in cuts[:READ_AHEAD]]
+    buffers = _Buffers()
+
+    def block(a: int, b: int):
+        """Metrics (and detail entries) of pairs [a, b) for every candidate, on a worker."""
+        x, xi, sides = _read_group(ref, cands, kind, pairs, a, b, buffers)
+        ref_entries, results = None, []
+        for full, w, (y, yi) in zip(fulls, want, sides):
+            if full:
+                got = metrics.full_block(x, y, eps, kernel, top_ids=w)
+            else:
+                got = metrics.topn_block(metrics.Side(x, xi), metrics.Side(y, yi), eps)
+            entries = None
+            if w:
+                # Full rows: the kernel's own top ids, so details cost no second pass.
+                top_r, top_c = (got.pop(key, None) for key in metrics.TOP_IDS)
+                if ref_entries is None:  # once per block for the group
+                    ref_entries = _top_entries(x, xi, got["nan_ref"] > 0, top_r)
+                entries = _top_entries(y, yi, got["nan_cand"] > 0, top_c)
+            results.append((got, entries))
+        return ref_entries, results
+
+    workers = max(1, min(available_cores(), len(cuts)))
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="parity-diff") as pool:
+        ahead = deque(pool.submit(block, a, b) for a, b in cuts[: workers * IN_FLIGHT_PER_WORKER])
         for i, (a, b) in enumerate(cuts):
-            x, xi, sides = ahead.pop(0).result()
-            if i + READ_AHEAD < len(cuts):
-                ahead.append(pool.submit(_read_group, ref, cands, kind, pairs, *cuts[i + READ_AHEAD]))
-            ref_done = False
-            for out, full, w, (y, yi) in zip(outs, fulls, want, sides):
-                if full:
-                    got = metrics.full_block(x, y, eps, kernel, top_ids=w)
-                else:
-                    got = metrics.topn_block(metrics.Side(x, xi), metrics.Side(y, yi), eps)
-                if w:
-                    # Full rows: the kernel's own top ids, so details cost no second pass.
-                    top_r, top_c = (got.pop(key, None) for key in metrics.TOP_IDS)
-                    if not ref_done:  # once per block for the group
-                        ref_ids[a:b], ref_lp[a:b] = _top_entries(x, xi, got["nan_ref"] > 0, top_r)
-                        ref_done = True
-                    out["cand_top5_ids"][a:b], out["cand_top5_lp"][a:b] = _top_entries(
-                        y, yi, got["nan_cand"] > 0, top_c)
+            ref_entries, results = ahead.popleft().result()
+            more = i + len(ahead) + 1
+            if more < len(cuts):
+                ahead.append(pool.submit(block, *cuts[more]))
+            if ref_entries is not None:
+                ref_ids[a:b], ref_lp[a:b] = ref_entries
+            for out, (got, entries) in zip(outs, results):
+                if entries is not None:
+                    out["cand_top5_ids"][a:b], out["cand_top5_lp"][a:b] = entries
                 for k, v in got.items():
                     out[k][a:b] = v
                 tick(b - a)
-            del x, xi, sides, y, yi, got
     return outs
 
 

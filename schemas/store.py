@@ -729,7 +729,7 @@ class Store:
         cuts = [(tag, r, min(r + step, b)) for tag, a, b in spans for r in range(a, b, step)]
         if not cuts:
             return
-        threads = max(1, min(_cores(), VERIFY_THREADS, len(cuts)))
+        threads = max(1, min(available_cores(), VERIFY_THREADS, len(cuts)))
         ahead_n = max(VERIFY_AHEAD, threads)
         info = self.manifest.arrays[name]
         ring = [np.empty((min(step, max(b - a for _, a, b in cuts)), *info.shape[1:]), np.dtype(info.dtype))
@@ -779,7 +779,8 @@ class Store:
         return derived
 
 
-def _cores() -> int:
+def available_cores() -> int:
+    """Cores this process may run on."""
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections import Counter
 
 import numpy as np
@@ -52,12 +53,14 @@ def count_rows(store: Store) -> Counter:
     """Counts every (kind, row) the store's values are read at."""
     seen: Counter = Counter()
     original = store.rows
+    lock = threading.Lock()  # the diff's workers read concurrently
 
-    def rows(kind, start=0, stop=None, ids=False):
-        out = original(kind, start, stop, ids=ids)
+    def rows(kind, start=0, stop=None, ids=False, out=None):
+        got = original(kind, start, stop, ids=ids, out=out)
         if not ids:
-            seen.update((kind, r) for r in range(start, start + len(out)))
-        return out
+            with lock:
+                seen.update((kind, r) for r in range(start, start + len(got)))
+        return got
 
     store.rows = rows
     return seen
@@ -97,6 +100,24 @@ def test_one_pass_reads_each_reference_row_once(make_store, rng, reference, monk
     pairs = len(every) * len(cands)
     assert ticks[0] == (0, pairs) and ticks[-1] == (pairs, pairs)
     assert [d for d, _ in ticks] == sorted(d for d, _ in ticks)
+
+
+def test_worker_count_changes_nothing(make_store, rng, reference, monkeypatch):
+    # 16-row blocks spread over four workers that finish out of order: every
+    # block's metrics and detail entries must land at its own positions.
+    monkeypatch.setattr(core, "BLOCK_BYTES", 16 * 4 * V)
+    cands = [forced(make_store, rng, reference, noise) for noise in (0.05, 0.6)]
+    top_rows = noisy(rng, reference[2], 0.1)
+    tops = [topn_of(r, 20) for r in top_rows]
+    topn, _ = make_store([v for v, _ in tops], ids=[i for _, i in tops], tokens=reference[4], topn=20,
+                         run={"golden": reference[1].digest})
+    runs = {}
+    for workers in (1, 4):
+        monkeypatch.setattr(core, "available_cores", lambda: workers)
+        runs[workers] = differ.compare(reference[0], [*cands, topn], details=True)
+    for one, many in zip(runs[1], runs[4]):
+        assert set(core.DETAIL_FIELDS) <= set(one.positions[GENERATED])
+        assert_same_report(many, one)
 
 
 def test_single_candidate_compare_equals_diff(make_store, rng, reference):

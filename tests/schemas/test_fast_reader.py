@@ -419,6 +419,6 @@ def test_verify_streams_blocks_through_reused_buffers(tmp_path, monkeypatch, lay
     # buffers: a buffer reused too early would change the digest.
     path = write(tmp_path, layout)
     monkeypatch.setattr(store_mod, "VERIFY_BLOCK_BYTES", 16 * V * 4)
-    monkeypatch.setattr(store_mod, "_cores", lambda: 4)
+    monkeypatch.setattr(store_mod, "available_cores", lambda: 4)
     fast, slow = open_both(path, monkeypatch)
     assert fast.verify().digest == slow.verify().digest == fast.manifest.digest
