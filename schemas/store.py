@@ -235,6 +235,10 @@ class _RowStream:
         self.hashers = _BlockHashers(self.dtype)
         self.counts: dict[int, int] = {}
         self.pending: list[Future] = []
+        # Sequences decoded together fill their shards in the same step: room
+        # for all of them keeps the engine's thread from waiting on the writer
+        # every time (the shard budget is already divided among the lanes).
+        self.max_pending = max(2, lanes + 1) if self.aligned else 2
         self.written_rows = 0
         # Shard buffers come back from the writer for reuse: a fresh 16-64 MiB
         # buffer per shard costs a page fault per 4 KiB on the engine's thread.
@@ -333,8 +337,8 @@ class _RowStream:
         self.spare.append(buf)
 
     def _submit(self, rows: int, fn, *args) -> None:
-        # At most two writes in flight per array: bounded memory, overlapped I/O.
-        while len(self.pending) >= 2:
+        # Bounded writes in flight per array: bounded memory, overlapped I/O.
+        while len(self.pending) >= self.max_pending:
             self.pending.pop(0).result()
         self.written_rows += rows
         self.pending.append(self.pool.submit(fn, *args))

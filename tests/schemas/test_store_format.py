@@ -269,3 +269,34 @@ def test_shards_written_directly_are_what_zarr_writes(tmp_path):
         for shard in ("c/0/0", "c/1/0"):
             assert (root / "logprobs" / shard).read_bytes() == (tmp_path / "zarr" / "logprobs" / shard).read_bytes()
         w.abort()
+
+
+def test_lanes_filling_their_shards_together_do_not_wait_on_the_writer(tmp_path):
+    # Batched decoding fills every lane's shard in the same step. With room
+    # for fewer writes in flight than lanes, the engine's thread (here: the
+    # appending thread) would block until the writer catches up.
+    import threading
+
+    lanes = 4
+    reserve = {GENERATED: [40] * lanes, PROMPT: [0] * lanes}
+    with StoreWriter(tmp_path / "out", vocab_size=V, reserve=reserve, lanes=lanes) as w:
+        stream = w.streams["logprobs"]
+        release = threading.Event()
+        w.pool.submit(release.wait)  # the writer is busy until released
+        done = threading.Event()
+
+        def fill_every_lane():
+            for seq in range(lanes):
+                w.append_rows(GENERATED, seq, deterministic_rows(stream.shard_rows, seq))
+            done.set()
+
+        appender = threading.Thread(target=fill_every_lane, daemon=True)
+        appender.start()
+        try:
+            assert done.wait(10), "appending blocked on the busy writer"
+            assert len(stream.pending) == lanes
+        finally:
+            release.set()
+            appender.join(10)
+        stream._drain()
+        w.abort()
