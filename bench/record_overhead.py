@@ -10,7 +10,15 @@ another width, e.g. 128256 for Llama 3's):
 - peak RSS of a recording and of a 4x longer one (target: within 10%);
 - bytes per stored logit (target <= 3.4).
 
-Usage: python bench/record_overhead.py [--prompts 4] [--tokens 128] [--repeat 5] [--vocab 128256]
+With --breakdown (in-process engine only) it also says where a recorded
+row's cost goes, measured inside the run: the engine thread's time per row in
+the capture processor (log-softmax, copy into the shard buffer, NaN/inf
+check) and how long it waited on the writer, the writer's CPU per row
+(encode, crc32c, file write, digest), and the ratio with the writer's shard
+files stubbed out (capture alone). Stubs are this script's monkeypatches,
+never the recorder's code paths.
+
+Usage: python bench/record_overhead.py [--prompts 4] [--tokens 128] [--repeat 5] [--vocab 128256] [--breakdown]
        python bench/record_overhead.py --tp 2    # multi-worker engines only: rows
                                                  # captured and written in the output worker
 
@@ -24,6 +32,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import shutil
 import os
 import subprocess
 import sys
@@ -87,6 +96,131 @@ def bytes_per_logit(store_path: Path, manifest) -> float:
     return sum(p.stat().st_size for p in files) / (rows * manifest.vocab_size)
 
 
+class Breakdown:
+    """Per-row timings of one recording, taken by wrapping the recorder's own functions."""
+
+    def __init__(self):
+        self.t = {"apply": 0.0, "wait": 0.0, "writer_cpu": 0.0, "encode": 0.0, "write": 0.0, "digest": 0.0}
+        self.rows = 0
+        self.undo: list = []
+
+    def wrap(self, owner, name: str, make) -> None:
+        original = getattr(owner, name)
+        setattr(owner, name, make(original))
+        self.undo.append((owner, name, original))
+
+    def install(self, stub_files: bool = False) -> "Breakdown":
+        import threading
+
+        import recorder.capture as capture
+        import schemas.store as store
+
+        t, lock = self.t, threading.Lock()
+
+        def add(key: str, dt: float) -> None:
+            with lock:
+                t[key] += dt
+
+        def timed_apply(original):
+            def apply(proc, logits):
+                start = time.perf_counter()
+                out = original(proc, logits)
+                add("apply", time.perf_counter() - start)
+                with lock:
+                    self.rows += len(proc.rows)
+                return out
+            return apply
+
+        def timed_submit(original):
+            def submit(stream, rows, fn, *args):
+                start = time.perf_counter()
+                while len(stream.pending) >= stream.max_pending:
+                    stream.pending.pop(0).result()
+                add("wait", time.perf_counter() - start)
+                return original(stream, rows, fn, *args)
+            return submit
+
+        def timed_write(original):
+            def write(files, first, block, shard_rows):
+                cpu = time.thread_time()
+                if not stub_files:
+                    encode = files.blosc.encode
+
+                    def timed_encode(buf):
+                        start = time.perf_counter()
+                        out = encode(buf)
+                        add("encode", time.perf_counter() - start)
+                        return out
+                    files.blosc.encode = timed_encode
+                    start = time.perf_counter()
+                    try:
+                        original(files, first, block, shard_rows)
+                    finally:
+                        del files.blosc.encode
+                    add("write", time.perf_counter() - start)
+                add("writer_cpu", time.thread_time() - cpu)
+            return write
+
+        def timed_digest(original):
+            def update(hashers, seq, rows):
+                cpu = time.thread_time()
+                original(hashers, seq, rows)
+                add("digest", time.thread_time() - cpu)
+                add("writer_cpu", time.thread_time() - cpu)
+            return update
+
+        self.wrap(capture.CaptureProcessor, "apply", timed_apply)
+        self.wrap(store._RowStream, "_submit", timed_submit)
+        self.wrap(store._ShardFiles, "write", timed_write)
+        self.wrap(store._BlockHashers, "update", timed_digest)
+        return self
+
+    def remove(self) -> None:
+        for owner, name, original in reversed(self.undo):
+            setattr(owner, name, original)
+        self.undo.clear()
+
+    def per_row_us(self) -> dict[str, float]:
+        n = max(self.rows, 1)
+        out = {k: v / n * 1e6 for k, v in self.t.items()}
+        # write includes encode; shown apart
+        out["write"] -= out["encode"]
+        return out
+
+
+def breakdown(model: Path, prompts: list[str], tokens: int, repeat: int, work: Path) -> None:
+    """Plain vs recorded (batch all) with per-row timings, and with the shard files stubbed out."""
+    n = len(prompts)
+    runs: dict[str, list[float]] = {"plain": [], "rec": [], "stub": []}
+    timings: dict[str, list[dict]] = {"rec": [], "stub": []}
+    for i in range(repeat):
+        runs["plain"].append(plain_generation(model, prompts, tokens))
+        for mode in ("rec", "stub"):
+            probe = Breakdown().install(stub_files=mode == "stub")
+            try:
+                runs[mode].append(recorded_generation(model, prompts, tokens, work / f"{mode}{i}", False,
+                                                      batch=n)[0])
+            except Exception as e:  # a stubbed store may not commit; its rate was taken
+                raise SystemExit(f"breakdown run failed: {e}")
+            finally:
+                probe.remove()
+            timings[mode].append(probe.per_row_us())
+    plain = max(runs["plain"])
+    print(f"breakdown, batch {n}, vocab {VOCAB_SEEN[0]}: best of {repeat}; times per recorded row, median of runs")
+    for mode, label in (("rec", "record"), ("stub", "record, shard files stubbed (capture alone)")):
+        med = {k: sorted(t[k] for t in timings[mode])[len(timings[mode]) // 2] for k in timings[mode][0]}
+        print(f"  {label:<44} {max(runs[mode]):7.1f} tok/s  ratio {max(runs[mode]) / plain:5.2f}x")
+        print(f"    engine thread: capture {med['apply']:6.0f} us/row (of which waiting on the writer {med['wait']:5.0f})")
+        if mode == "rec":
+            print(f"    writer thread: {med['writer_cpu']:6.0f} us/row CPU: encode {med['encode']:5.0f}, crc32c + file "
+                  f"write {med['write']:5.0f}, digest {med['digest']:4.0f} (wall)")
+    per_token_us = 1e6 / plain
+    print(f"  plain generation: {per_token_us:6.0f} us/token at {plain:.0f} tok/s")
+
+
+VOCAB_SEEN = [VOCAB]
+
+
 def rss_child(tokens: int, n_prompts: int, out: str, vocab: int) -> None:
     from recorder.tinymodel import tiny_model_dir
 
@@ -113,6 +247,7 @@ def main() -> None:
     ap.add_argument("--out", default=None)
     ap.add_argument("--tp", type=int, default=1, help="compare at this tensor-parallel size only (worker capture)")
     ap.add_argument("--vocab", type=int, default=VOCAB, help="the tiny model's vocabulary (Llama 3: 128256)")
+    ap.add_argument("--breakdown", action="store_true", help="only: where a recorded row's time goes (batch all)")
     args = ap.parse_args()
     cache = Path(os.environ.get("PARITY_CACHE") or Path(tempfile.gettempdir()) / "parity-bench-cache")
     _env(cache)
@@ -125,8 +260,14 @@ def main() -> None:
     model = tiny_model_dir(cache, vocab_size=args.vocab)
     prompts = (PROMPTS * args.prompts)[: args.prompts]
     work = Path(tempfile.mkdtemp(prefix="parity-bench-"))
+    VOCAB_SEEN[0] = args.vocab
+    if args.breakdown:
+        breakdown(model, prompts, args.tokens, args.repeat, work)
+        shutil.rmtree(work, ignore_errors=True)
+        return
     if args.tp > 1:
         compare_workers(model, prompts, args.tokens, args.repeat, args.tp, work, args.vocab)
+        shutil.rmtree(work, ignore_errors=True)
         return
     runs: dict[str, list[float]] = {k: [] for k in ("plain", "plain1", "rec", "rec1", "rec1p")}
     last = None
@@ -153,9 +294,10 @@ def main() -> None:
         print(f"{label[k]:<46} {best[k]:8.1f} tok/s   runs {[round(x) for x in runs[k]]}")
     print(f"{'public logprobs=-1 path (1 x 8 tokens)':<46} {public:8.1f} tok/s")
     paired = sorted(r / p for r, p in zip(runs["rec"], runs["plain"]))
-    print(f"{'ratio record/plain, same batching (all)':<46} {best['rec'] / best['plain']:8.2f}x   (target >= 0.80)")
+    target = "0.95 (Llama 3 vocabulary)" if args.vocab >= 100_000 else "0.80"
+    print(f"{'ratio record/plain, same batching (all)':<46} {best['rec'] / best['plain']:8.2f}x   (target >= {target})")
     print(f"{'  median of back-to-back run ratios':<46} {paired[len(paired) // 2]:8.2f}x")
-    print(f"{'ratio record/plain, batch 1':<46} {best['rec1'] / best['plain1']:8.2f}x")
+    print(f"{'ratio record/plain, batch 1':<46} {best['rec1'] / best['plain1']:8.2f}x   (target >= {target})")
     print(f"{'ratio record+prompt/plain, batch 1':<46} {best['rec1p'] / best['plain1']:8.2f}x")
     print(f"{'ratio record batch 1 / plain default':<46} {best['rec1'] / best['plain']:8.2f}x")
     print(f"{'ratio public/plain default':<46} {public / best['plain']:8.3f}x")
@@ -167,6 +309,7 @@ def main() -> None:
     print(f"peak RSS, {args.tokens} tokens/prompt            {short / 1024:8.1f} MiB")
     print(f"peak RSS, {args.tokens * 4} tokens/prompt            {long / 1024:8.1f} MiB")
     print(f"ratio long/short peak RSS               {long / short:8.3f}x   (target <= 1.10)")
+    shutil.rmtree(work, ignore_errors=True)
 
 
 def compare_workers(model: Path, prompts: list[str], tokens: int, repeat: int, tp: int, work: Path,
