@@ -11,6 +11,11 @@ def _flag(value: str | None) -> bool:
     return (value or "").strip().lower() in {"1", "true", "yes", "on"}
 
 
+def _on(value: str | None) -> bool:
+    """A switch that is on unless set to 0, false, no or off."""
+    return (value or "1").strip().lower() not in {"0", "false", "no", "off"}
+
+
 @dataclass(frozen=True)
 class Settings:
     debug: bool
@@ -23,6 +28,9 @@ class Settings:
     # Off ("0"): every array is read through zarr instead of the shard
     # reader (schemas/shards.py), to rule the fast path out or to measure it.
     fast_read: bool = True
+    # Off ("0"): the recorder writes shard files through the page cache
+    # instead of with O_DIRECT (schemas/directio.py).
+    direct_io: bool = True
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> "Settings":
@@ -38,7 +46,8 @@ class Settings:
             no_progress=_flag(env.get("PARITY_NO_PROGRESS")) or _flag(env.get("CI")),
             hf_offline=_flag(env.get("HF_HUB_OFFLINE")),
             diff_kernel=(env.get("PARITY_DIFF_KERNEL") or "").strip().lower(),
-            fast_read=(env.get("PARITY_FAST_READ") or "1").strip().lower() not in {"0", "false", "no", "off"},
+            fast_read=_on(env.get("PARITY_FAST_READ")),
+            direct_io=_on(env.get("PARITY_DIRECT_IO")),
         )
 
 

@@ -34,6 +34,7 @@ from parity.errors import (
 
 from parity.settings import settings
 
+from . import directio
 from .digest import ArrayHasher, canonical_json, digest_bytes, hash_array, parse_tagged
 from .manifest import ArrayInfo, Manifest
 from .shards import ArrayReader, Unsupported
@@ -162,6 +163,8 @@ class _ShardFiles:
         self.dir = root / array.path
         shuffle = {"noshuffle": Blosc.NOSHUFFLE, "shuffle": Blosc.SHUFFLE, "bitshuffle": Blosc.BITSHUFFLE}
         self.blosc = Blosc(cname=ROW_BLOSC["cname"], clevel=ROW_BLOSC["clevel"], shuffle=shuffle[ROW_BLOSC["shuffle"]])
+        # None until the first shard says whether the file system takes O_DIRECT (schemas/directio.py).
+        self.direct: bool | None = None if settings().direct_io else False
 
     def write(self, first: int, block: np.ndarray, shard_rows: int) -> None:
         if first % shard_rows or block.shape[0] > shard_rows or block.dtype.byteorder == ">":
@@ -182,8 +185,14 @@ class _ShardFiles:
         parts += [raw, _crc32c(raw)]
         path = self.dir / self.array.metadata.encode_chunk_key((first // shard_rows, 0))
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "wb") as f:
-            f.writelines(parts)
+        if self.direct is not False:
+            used = directio.write_direct(path, parts)
+            if self.direct is None:
+                log.debug("%s: shards written %s", self.dir, "with O_DIRECT" if used else "through the page cache")
+            self.direct = used
+            if used:
+                return
+        directio.write_buffered(path, parts)
 
 
 class _RowStream:
