@@ -41,7 +41,6 @@ enum { I_OUTLIERS, I_RANK, I_EXACT, I_FINITE, I_NEGINF_X, I_NEGINF_Y, I_IDS_X, I
  * contraction, fixed lane order), so a diff does not depend on the host. */
 typedef float v8f __attribute__((vector_size(32)));
 typedef int32_t v8i __attribute__((vector_size(32)));
-typedef float v4f __attribute__((vector_size(16)));
 typedef double v4d __attribute__((vector_size(32)));
 typedef double v8d __attribute__((vector_size(64)));
 typedef int64_t v4l __attribute__((vector_size(32)));

@@ -81,13 +81,12 @@ class _Buffers(threading.local):
 
 
 def _read_group(ref: Store, cands: Sequence[Store], kind: str, pairs: Sequence[Pairs], a: int, b: int,
-                buffers: _Buffers | None = None):
+                buffers: _Buffers):
     """(ref values, ref ids, [(cand values, cand ids), ...]) for pairs [a, b).
 
-    With ``buffers``, full-vocabulary values are decoded into the calling
-    worker's buffers: valid until its next block.
+    Full-vocabulary values are decoded into the calling worker's ``buffers``:
+    valid until its next block.
     """
-    buffers = buffers or _Buffers()
     ra, n = int(pairs[0].ref[a]), b - a
     sides = []
     for side, (cand, p) in enumerate(zip(cands, pairs), start=1):
