@@ -15,8 +15,11 @@
  * reported as not exact (I_EXACT = 0) and the caller recomputes it on the
  * numpy path.
  *
- * Per row it returns raw float64 sums; the caller derives Pearson and the
- * means from them with the same formulas as the numpy kernel.
+ * Per row it returns the raw float64 sums and, from them and the top-k lists,
+ * every derived field (mean |delta|, Pearson, overlaps, the reference top
+ * token's probability and delta), with the numpy kernel's formulas in the
+ * same order of operations, so the Python side only hands out columns: per
+ * block Python would hold the GIL that the other workers need.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -33,8 +36,15 @@
 /* exp of anything below is under 1.2e-38 and counts as zero probability. */
 #define EXP_LO -87.0f
 
-enum { F_KL, F_SX, F_SD, F_SXX, F_SDD, F_SXD, F_MAXABS, F_SUMABS, NF };
-enum { I_OUTLIERS, I_RANK, I_EXACT, I_FINITE, I_NEGINF_X, I_NEGINF_Y, I_IDS_X, I_IDS_Y = I_IDS_X + TOPK, NI = I_IDS_Y + TOPK };
+enum {
+    F_KL, F_SX, F_SD, F_SXX, F_SDD, F_SXD, F_MAXABS, F_SUMABS,
+    /* derived */
+    F_MEANABS, F_PEARSON, F_OVERLAP5, F_OVERLAP10, F_REFCONF, F_DELTAP, NF
+};
+enum {
+    I_OUTLIERS, I_RANK, I_EXACT, I_FINITE, I_NEGINF_X, I_NEGINF_Y, I_TOP1, I_IDS_X,
+    I_IDS_Y = I_IDS_X + TOPK, NI = I_IDS_Y + TOPK
+};
 
 /* GCC vector extensions: the same code becomes AVX2 in the avx2 clone and
  * pairs of SSE2 operations in the default one, with identical results (no FMA
@@ -268,6 +278,56 @@ INLINE void row_topk(const float *v, Py_ssize_t n, int k, float *vals, int64_t *
     }
 }
 
+/* Pearson of x and y = x - d from raw float64 sums over n entries, as
+ * metrics._pearson computes it (var_y and cov_xy follow from var_x, var_d
+ * and cov_xd without another pass). */
+static double pearson(const double *f, int64_t n)
+{
+    double nn = (double)n;
+    double var_x = f[F_SXX] - f[F_SX] * f[F_SX] / nn;
+    double var_d = f[F_SDD] - f[F_SD] * f[F_SD] / nn;
+    double cov_xd = f[F_SXD] - f[F_SX] * f[F_SD] / nn;
+    double cov_xy = var_x - cov_xd;
+    double var_y = var_x - 2 * cov_xd + var_d;
+    if (!(n > 1 && var_x > 0 && var_y > 0))
+        return NAN;
+    double prod = var_x * var_y;
+    double r = cov_xy / sqrt(prod > 0 ? prod : 0);
+    return r < 1.0 ? r : 1.0; /* NaN stays NaN, as np.minimum keeps it */
+}
+
+/* |first k of a & first k of b| / k; NaN when the lists are shorter. */
+static double overlap(const int64_t *a, const int64_t *b, int listed, int k)
+{
+    if (listed < k)
+        return NAN;
+    int hits = 0;
+    for (int i = 0; i < k; i++)
+        for (int j = 0; j < k; j++)
+            if (a[i] == b[j]) {
+                hits++;
+                break;
+            }
+    return (double)hits / k;
+}
+
+/* Fields derived from a row's sums and top-k lists (exact rows only: the
+ * numpy path recomputes the others). */
+static void derive(const float *xr, const float *yr, int k, double *f, int64_t *o)
+{
+    int64_t n = o[I_FINITE], t = o[I_IDS_X];
+    f[F_MEANABS] = n > 0 ? f[F_SUMABS] / (double)n : NAN;
+    if (n == 0)
+        f[F_MAXABS] = NAN;
+    f[F_PEARSON] = pearson(f, n);
+    f[F_OVERLAP5] = overlap(o + I_IDS_X, o + I_IDS_Y, k, 5);
+    f[F_OVERLAP10] = overlap(o + I_IDS_X, o + I_IDS_Y, k, 10);
+    double px = exp((double)xr[t]);
+    f[F_REFCONF] = px;
+    f[F_DELTAP] = exp((double)yr[t]) - px;
+    o[I_TOP1] = t == o[I_IDS_Y];
+}
+
 /* Everything above is inlined here, once per target: AVX2 where the CPU has
  * it (chosen at load time), SSE2 otherwise. */
 __attribute__((target_clones("avx2", "default")))
@@ -294,7 +354,9 @@ static void block(const float *x, const float *y, Py_ssize_t rows, Py_ssize_t v,
         o[I_FINITE] = s.finite;
         o[I_NEGINF_X] = s.neginf_x;
         o[I_NEGINF_Y] = s.neginf_y;
-        o[I_RANK] = 0;
+        o[I_RANK] = o[I_TOP1] = 0;
+        for (int j = F_MEANABS; j < NF; j++)
+            f[j] = NAN;
         for (int j = 0; j < TOPK; j++)
             o[I_IDS_X + j] = o[I_IDS_Y + j] = -1;
         o[I_EXACT] = exact;
@@ -307,6 +369,7 @@ static void block(const float *x, const float *y, Py_ssize_t rows, Py_ssize_t v,
             continue;
         }
         o[I_RANK] = count_greater(yr, v, yr[o[I_IDS_X]]) + 1;
+        derive(xr, yr, k, f, o);
     }
 }
 
@@ -389,7 +452,11 @@ static const struct {
     {"F_SX", F_SX},         {"F_SD", F_SD},
     {"F_SXX", F_SXX},       {"F_SDD", F_SDD},
     {"F_SXD", F_SXD},       {"F_MAXABS", F_MAXABS},
-    {"F_SUMABS", F_SUMABS}, {"I_OUTLIERS", I_OUTLIERS},
+    {"F_SUMABS", F_SUMABS}, {"F_MEANABS", F_MEANABS},
+    {"F_PEARSON", F_PEARSON}, {"F_OVERLAP5", F_OVERLAP5},
+    {"F_OVERLAP10", F_OVERLAP10}, {"F_REFCONF", F_REFCONF},
+    {"F_DELTAP", F_DELTAP}, {"I_TOP1", I_TOP1},
+    {"I_OUTLIERS", I_OUTLIERS},
     {"I_RANK", I_RANK},     {"I_EXACT", I_EXACT},
     {"I_FINITE", I_FINITE}, {"I_NEGINF_X", I_NEGINF_X},
     {"I_NEGINF_Y", I_NEGINF_Y}, {"I_IDS_X", I_IDS_X},

@@ -204,6 +204,8 @@ def _with_top_ids(out: dict, rows: int, v: int) -> dict:
 
 
 def _full_fused(x: np.ndarray, y: np.ndarray, eps: float, top_ids: bool = False) -> dict[str, np.ndarray]:
+    """The C kernel's columns, handed out as views: every field, derived ones
+    included, is computed there with the GIL released."""
     x = np.ascontiguousarray(x, np.float32)
     y = np.ascontiguousarray(y, np.float32)
     r, v = x.shape
@@ -211,27 +213,37 @@ def _full_fused(x: np.ndarray, y: np.ndarray, eps: float, top_ids: bool = False)
     f = np.empty((r, K.NF))
     o = np.empty((r, K.NI), np.int64)
     K.full_rows(x, y, float(eps), f, o)
-    out = empty(r)
     k = min(TOPK, v)
     ids_x, ids_y = o[:, K.I_IDS_X : K.I_IDS_X + k], o[:, K.I_IDS_Y : K.I_IDS_Y + k]
+    zeros = np.zeros(r, np.int64)
+    out = {
+        "kl": f[:, K.F_KL],
+        "top1": o[:, K.I_TOP1].astype(np.bool_),
+        "overlap5": f[:, K.F_OVERLAP5],
+        "overlap10": f[:, K.F_OVERLAP10],
+        "delta_p": f[:, K.F_DELTAP],
+        "rank": o[:, K.I_RANK].astype(np.float64),
+        "max_abs": f[:, K.F_MAXABS],
+        "mean_abs": f[:, K.F_MEANABS],
+        "pearson": f[:, K.F_PEARSON],
+        "outliers": o[:, K.I_OUTLIERS],
+        "finite": o[:, K.I_FINITE],
+        "nan_ref": zeros,  # a row holding NaN or +inf is not exact: the numpy path counts them
+        "nan_cand": zeros,
+        "posinf_ref": zeros,
+        "posinf_cand": zeros,
+        "neginf_ref": o[:, K.I_NEGINF_X],
+        "neginf_cand": o[:, K.I_NEGINF_Y],
+        "ref_top": ids_x[:, 0],
+        "cand_top": ids_y[:, 0],
+        "ref_conf": f[:, K.F_REFCONF],
+        "approx": np.zeros(r, np.bool_),
+    }
     if top_ids:
-        _with_top_ids(out, r, v)
-        out["top_ids_ref"][:], out["top_ids_cand"][:] = ids_x, ids_y
-    n = o[:, K.I_FINITE]
-    safe_n = np.maximum(n, 1)
-    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-        out["kl"][:] = f[:, K.F_KL]
-        out["max_abs"][:] = np.where(n > 0, f[:, K.F_MAXABS], np.nan)
-        out["mean_abs"][:] = np.where(n > 0, f[:, K.F_SUMABS] / safe_n, np.nan)
-        out["pearson"][:] = _pearson(f[:, K.F_SX], f[:, K.F_SD], f[:, K.F_SXX], f[:, K.F_SDD], f[:, K.F_SXD], n)
-    out["outliers"][:] = o[:, K.I_OUTLIERS]
-    out["finite"][:] = n
-    out["neginf_ref"][:] = o[:, K.I_NEGINF_X]
-    out["neginf_cand"][:] = o[:, K.I_NEGINF_Y]
-    out["rank"][:] = o[:, K.I_RANK]
-    _tops(out, slice(0, r), x, y, ids_x, ids_y)
+        out["top_ids_ref"], out["top_ids_cand"] = ids_x, ids_y
     bad = np.flatnonzero(o[:, K.I_EXACT] == 0)
-    if len(bad):  # NaN or +inf somewhere in the row: the numpy path
+    if len(bad):  # NaN or +inf somewhere in the row: the numpy path, into owned copies
+        out = {key: val.copy() for key, val in out.items()}
         for key, val in _full_numpy(x[bad], y[bad], eps, top_ids).items():
             out[key][bad] = val
     return out
