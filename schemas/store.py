@@ -732,33 +732,62 @@ class Store:
         return holds
 
     def _stream(self, name: str, spans: list[tuple[int, int, int]], row_bytes: int):
-        """(tag, rows) for every block of VERIFY_BLOCK_BYTES in each (tag, start, stop) span, in order.
+        """(tag, rows) for every piece of each (tag, start, stop) span, in order.
 
-        Blocks are decoded ahead on helper threads into a ring of reused
-        buffers: a yielded array is overwritten once the consumer asks for a
-        few more, so use it (hash it) before moving on.
+        The rows are read in blocks of about VERIFY_BLOCK_BYTES cut on chunk
+        boundaries across touching spans: a chunk holding the end of one
+        sequence and the start of the next is decoded once, not once per
+        side (the readers' partial-chunk cache is per thread, and two
+        threads would each decode it). Blocks are decoded ahead on helper
+        threads into a ring of reused buffers: a yielded array is
+        overwritten once the consumer asks for a few more, so use it (hash
+        it) before moving on.
         """
         step = max(VERIFY_BLOCK_BYTES // max(row_bytes, 1) // CHUNK_ROWS * CHUNK_ROWS, CHUNK_ROWS)
-        cuts = [(tag, r, min(r + step, b)) for tag, a, b in spans for r in range(a, b, step)]
+        runs: list[list[int]] = []  # [start, stop] of spans that touch
+        for _, a, b in spans:
+            if b <= a:
+                continue
+            if runs and runs[-1][1] == a:
+                runs[-1][1] = b
+            else:
+                runs.append([a, b])
+        cuts = [(r, min((r // step + 1) * step, b)) for a, b in runs for r in [a, *range((a // step + 1) * step, b, step)]]
         if not cuts:
             return
         threads = max(1, min(available_cores(), VERIFY_THREADS, len(cuts)))
         ahead_n = max(VERIFY_AHEAD, threads)
         info = self.manifest.arrays[name]
-        ring = [np.empty((min(step, max(b - a for _, a, b in cuts)), *info.shape[1:]), np.dtype(info.dtype))
+        ring = [np.empty((min(step, max(b - a for a, b in cuts)), *info.shape[1:]), np.dtype(info.dtype))
                 for _ in range(ahead_n + 1)]
 
         def read(i: int) -> np.ndarray:
-            _, a, b = cuts[i]
+            a, b = cuts[i]
             return self._read(name, slice(a, b), ring[i % len(ring)][: b - a])
 
         with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="parity-verify-read") as pool:
             ahead = deque(pool.submit(read, i) for i in range(min(ahead_n, len(cuts))))
-            for i, (tag, _, _) in enumerate(cuts):
+            taken = 0
+
+            def take() -> tuple[int, int, np.ndarray]:
+                nonlocal taken
                 rows = ahead.popleft().result()
-                if i + ahead_n < len(cuts):
-                    ahead.append(pool.submit(read, i + ahead_n))
-                yield tag, rows
+                if taken + len(ahead) + 1 < len(cuts):
+                    ahead.append(pool.submit(read, taken + len(ahead) + 1))
+                a, b = cuts[taken]
+                taken += 1
+                return a, b, rows
+
+            # Cuts follow the spans' order and cover each exactly once.
+            a = b = 0
+            rows = None
+            for tag, lo, hi in spans:
+                while lo < hi:
+                    if rows is None or not a <= lo < b:
+                        a, b, rows = take()
+                    stop = min(hi, b)
+                    yield tag, rows[lo - a : stop - a]
+                    lo = stop
 
     # -- verification -----------------------------------------------------
     def verify(self) -> Manifest:

@@ -422,3 +422,25 @@ def test_verify_streams_blocks_through_reused_buffers(tmp_path, monkeypatch, lay
     monkeypatch.setattr(store_mod, "available_cores", lambda: 4)
     fast, slow = open_both(path, monkeypatch)
     assert fast.verify().digest == slow.verify().digest == fast.manifest.digest
+
+
+@pytest.mark.parametrize("layout", ["packed", "aligned"])
+@pytest.mark.parametrize("block_chunks", [1, 2])
+def test_verify_decodes_each_chunk_once(tmp_path, monkeypatch, layout, block_chunks):
+    # Sequences end mid-chunk (GEN_LENS): cutting blocks per sequence made two
+    # threads each decode the chunk they share.
+    path = write(tmp_path, layout)
+    monkeypatch.setattr(store_mod, "VERIFY_BLOCK_BYTES", block_chunks * 16 * V * 4)
+    monkeypatch.setattr(store_mod, "available_cores", lambda: 4)
+    decoded = []
+    real = ArrayReader._decode
+
+    def counting(self, body, dest, i, k):
+        decoded.append((self.path.name, i, k))
+        return real(self, body, dest, i, k)
+
+    store = Store.open(path)
+    monkeypatch.setattr(ArrayReader, "_decode", counting)
+    assert store.verify().digest == store.manifest.digest
+    rows = [d for d in decoded if d[0] in row_array_names(GENERATED) + row_array_names(PROMPT)]
+    assert rows and len(rows) == len(set(rows)), sorted(rows)
