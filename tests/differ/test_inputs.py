@@ -130,3 +130,26 @@ def test_corrupted_chunk(two):
     f.write_bytes(bytes(data))
     err = raises_one_line(StoreCorruptError, lambda: differ.diff(ref, cand), "logprobs")
     assert "cannot read" in str(err)
+
+
+@pytest.mark.parametrize("fast", ["1", "0"], ids=["own-open", "zarr-open"])
+def test_open_checks_arrays_on_both_paths(two, tmp_path, monkeypatch, fast):
+    # Store.open reads zarr.json files itself when the fast reader is on, and
+    # through zarr when it is off: the same checks, the same errors.
+    monkeypatch.setenv("PARITY_FAST_READ", fast)
+    ref, cand = two
+    missing = tmp_path / "missing.parity.zarr"
+    shutil.copytree(cand, missing)
+    shutil.rmtree(missing / "token_ids")
+    raises_one_line(StoreCorruptError, lambda: differ.diff(ref, missing), "'token_ids' is missing")
+    reshaped = tmp_path / "reshaped.parity.zarr"
+    shutil.copytree(cand, reshaped)
+    meta = json.loads((reshaped / "token_ids" / "zarr.json").read_text())
+    meta["shape"] = [meta["shape"][0] + 1]
+    (reshaped / "token_ids" / "zarr.json").write_text(json.dumps(meta))
+    raises_one_line(StoreCorruptError, lambda: differ.diff(ref, reshaped), "'token_ids' has shape")
+    broken = tmp_path / "broken.parity.zarr"
+    shutil.copytree(cand, broken)
+    (broken / "zarr.json").write_text("{not json")
+    raises_one_line(NotAStoreError, lambda: differ.diff(ref, broken), "not a readable Zarr group")
+    assert differ.diff(ref, cand).summary["positions"] > 0
