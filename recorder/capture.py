@@ -106,9 +106,14 @@ class CaptureProcessor(LogitsProcessor):
         sink = STATE.sink
         indices = sorted(self.rows)
         if sink is not None:
-            index_t = torch.tensor(indices, dtype=torch.long, device=logits.device)
-            # Same op and dtype as vLLM's Sampler.compute_logprobs.
-            logprobs = logits.index_select(0, index_t).log_softmax(dim=-1, dtype=torch.float32)
+            # Same op and dtype as vLLM's Sampler.compute_logprobs. Captured rows
+            # that are a run of the batch (every row, at batch 1 or when all
+            # requests are parity's) are a view: no copy of the logits first.
+            if indices[-1] - indices[0] + 1 == len(indices):
+                picked = logits[indices[0] : indices[-1] + 1]
+            else:
+                picked = logits.index_select(0, torch.tensor(indices, dtype=torch.long, device=logits.device))
+            logprobs = picked.log_softmax(dim=-1, dtype=torch.float32)
             values_np, ids_np = tensor_rows(logprobs, STATE.topn)
             sink.generated([(self.rows[i][0], len(self.rows[i][1])) for i in indices], values_np, ids_np)
         if STATE.forced:
