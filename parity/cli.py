@@ -10,6 +10,7 @@ import dataclasses
 import logging
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -497,6 +498,14 @@ def main() -> None:
     if not debug:
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        # When one chunk of a zarr read fails, zarr's gather returns the error
+        # while its other chunk tasks are still running on zarr's event loop;
+        # at exit asyncio reports them ("Task was destroyed but it is
+        # pending!", "cannot schedule new futures after shutdown", "coroutine
+        # ... was never awaited") with tracebacks, under the one-line error
+        # that already said what went wrong.
+        logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+        warnings.filterwarnings("ignore", message="coroutine .* was never awaited", category=RuntimeWarning)
     try:
         rc = app(standalone_mode=False, prog_name="parity")
         if rc == INTERRUPTED:  # typer turns Ctrl-C into this return code, silently

@@ -379,6 +379,22 @@ def test_cli_exit_codes_are_unchanged(tmp_path):
     assert ok.returncode == 0 and "ok xxh3-128:" in ok.stdout
 
 
+def test_a_failed_zarr_read_leaves_no_traceback_at_exit(tmp_path):
+    # Three damaged chunks in one zarr read: zarr returns the first error while
+    # its other chunk tasks still run, and at exit asyncio used to log them
+    # with tracebacks under the one-line error (about one run in twenty).
+    path = write(tmp_path / "a", "packed")
+    cand = write(tmp_path / "b", "packed")
+    for k in range(3):
+        flip(shard(path), chunk_offset(path, k))
+    for _ in range(6):
+        proc = cli("diff", str(cand), str(path), fast="0")
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr and "Task" not in proc.stderr, proc.stderr
+        lines = [line for line in proc.stderr.splitlines() if line.strip()]
+        assert sum(line.startswith("error: ") for line in lines) == 1, proc.stderr
+        assert all(line.startswith(("diff: ", "error: ")) for line in lines), proc.stderr  # the header, the error
+
+
 def test_parity_fast_read_setting():
     from parity.settings import Settings
 
