@@ -109,6 +109,17 @@ def _fill(value, dtype: np.dtype):
     raise Unsupported(f"fill value {value!r}")
 
 
+def read_metadata(node: Path) -> dict:
+    """The JSON object in a Zarr v3 node's (group's or array's) zarr.json; Unsupported if unreadable."""
+    try:
+        meta = json.loads((node / "zarr.json").read_text())
+    except (OSError, ValueError) as e:
+        raise Unsupported(f"unreadable metadata: {e}") from None
+    if not isinstance(meta, dict):
+        raise Unsupported("metadata is not an object")
+    return meta
+
+
 class _Buffers(threading.local):
     """Per-thread reusable buffer for the compressed bytes of a read."""
 
@@ -206,13 +217,7 @@ class ArrayReader:
     @classmethod
     def open(cls, path: Path | str, required: Required | None = None) -> "ArrayReader":
         path = Path(path)
-        try:
-            meta = json.loads((path / "zarr.json").read_text())
-        except (OSError, ValueError) as e:
-            raise Unsupported(f"unreadable metadata: {e}") from None
-        if not isinstance(meta, dict):
-            raise Unsupported("metadata is not an object")
-        return cls(path, meta, required)
+        return cls(path, read_metadata(path), required)
 
     # -- files --------------------------------------------------------------
     def file_key(self, i: int) -> str:

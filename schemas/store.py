@@ -7,7 +7,6 @@ only when everything (arrays, manifest, digests) is complete.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -38,7 +37,7 @@ from parity.settings import settings
 from . import directio
 from .digest import ArrayHasher, canonical_json, digest_bytes, hash_array, parse_tagged
 from .manifest import ArrayInfo, Manifest
-from .shards import ArrayReader, Unsupported
+from .shards import ArrayReader, Unsupported, read_metadata
 
 log = logging.getLogger("parity")
 
@@ -543,18 +542,19 @@ def _open_group(path: Path) -> zarr.Group:
         raise NotAStoreError(f"{path} is not a readable Zarr group: {e}") from None
 
 
-def _read_json(path: Path) -> dict | None:
+def _node_metadata(node: Path, node_type: str) -> dict | None:
+    """A Zarr v3 group's or array's zarr.json; None when zarr has to say."""
     try:
-        meta = json.loads(path.read_text())
-    except (OSError, ValueError):
+        meta = read_metadata(node)
+    except Unsupported:
         return None
-    return meta if isinstance(meta, dict) else None
+    return meta if meta.get("zarr_format") == 3 and meta.get("node_type") == node_type else None
 
 
 def _group_attributes(path: Path) -> dict | None:
     """A plain Zarr v3 group's attributes from its zarr.json; None for anything else."""
-    meta = _read_json(path / "zarr.json")
-    if meta is None or meta.get("zarr_format") != 3 or meta.get("node_type") != "group":
+    meta = _node_metadata(path, "group")
+    if meta is None:
         return None
     attrs = meta.get("attributes", {})
     return attrs if isinstance(attrs, dict) else None
@@ -562,8 +562,8 @@ def _group_attributes(path: Path) -> dict | None:
 
 def _array_shape(path: Path, name: str) -> tuple[int, ...] | None:
     """A Zarr v3 array's shape from its zarr.json; None when zarr has to say."""
-    meta = _read_json(path / name / "zarr.json")
-    if meta is None or meta.get("zarr_format") != 3 or meta.get("node_type") != "array":
+    meta = _node_metadata(path / name, "array")
+    if meta is None:
         return None
     shape = meta.get("shape")
     if not isinstance(shape, list) or not all(type(n) is int and n >= 0 for n in shape):
