@@ -818,24 +818,21 @@ class Store:
 
         with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="parity-verify-read") as pool:
             ahead = deque(pool.submit(read, i) for i in range(min(ahead_n, len(cuts))))
-            taken = 0
 
-            def take() -> tuple[int, int, np.ndarray]:
-                nonlocal taken
-                rows = ahead.popleft().result()
-                if taken + len(ahead) + 1 < len(cuts):
-                    ahead.append(pool.submit(read, taken + len(ahead) + 1))
-                a, b = cuts[taken]
-                taken += 1
-                return a, b, rows
+            def decoded():
+                for i, (a, b) in enumerate(cuts):
+                    rows = ahead.popleft().result()
+                    if i + ahead_n < len(cuts):
+                        ahead.append(pool.submit(read, i + ahead_n))
+                    yield a, b, rows
 
             # Cuts follow the spans' order and cover each exactly once.
+            blocks = decoded()
             a = b = 0
-            rows = None
             for tag, lo, hi in spans:
                 while lo < hi:
-                    if rows is None or not a <= lo < b:
-                        a, b, rows = take()
+                    if not a <= lo < b:
+                        a, b, rows = next(blocks)
                     stop = min(hi, b)
                     yield tag, rows[lo - a : stop - a]
                     lo = stop
