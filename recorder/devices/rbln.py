@@ -38,11 +38,30 @@ vLLM paths are vLLM 0.30.0, which vllm-rbln 0.12 pins):
   path compiles ``kvcache_partition_len = block_size``,
   ``model_executor/models/optimum/compilation/__init__.py:188-190``, and
   requires a block size, ``utils/optimum/converter/from_vllm.py:91-99``).
+- KV blocks: parity passes ``num_gpu_blocks_override`` =
+  ``max_num_seqs * ceil(max_model_len / block_size) + 1`` (every sequence at
+  full length, plus vLLM's null block) on the vllm-model path. Without it the
+  pool is sized from memory: with host logits from a fixed DRAM figure on a
+  dummy device (``v1/worker/utils.py:328-345``), and a small or cut model then
+  asks for more blocks than the compiled attention's int16 block ids reach
+  (``v1/worker/dynamic_kv_sizer.py:121-123,242-266``, raised from
+  ``rbln_worker.py:474``: "The KV cache holds 32817 blocks ... at most
+  32767"). The override reaches the pool through vLLM
+  (``v1/core/kv_cache_utils.py:1103-1110``) and pins the dynamic KV cache of
+  the device-tensor mode (``dynamic_kv_sizer.py:94-98``). On the optimum path
+  the block count is the compiled model's own (``kvcache_num_blocks``,
+  ``model_executor/models/optimum/model_base.py:165-181``) and an override
+  would replace it (``utils/optimum/converter/from_optimum.py:154-170``)
+  behind the compiled graph's back: none is passed there.
 - Prompt logprobs are refused: on the vllm path the compiled prefill keeps
   only the sampled positions' hidden states
   (``v1/worker/rbln_model_runner.py:2252-2260``) while
   ``_get_prompt_logprobs_dict`` slices them as if every prompt position were
-  there (``:2418-2419``; ``TODO: Support prompt logprobs`` at ``:969``).
+  there (``:2418-2420``; ``TODO: Support prompt logprobs`` at ``:969``): the
+  3-D logits it computes then make ``RBLNSampler.gather_logprobs`` raise
+  (``v1/sample/rbln_sampler.py:376-377``, "Index tensor must have the same
+  number of dimensions as input tensor"; tests/recorder/test_rbln_e2e.py
+  shows it).
 - Host-side logits (``--rbln-host-logits``): ``VLLM_RBLN_USE_DEVICE_TENSOR=0``
   (``envs.py:264-273``, only an environment variable in 0.12, read when the
   path is applied, ``platform/__init__.py:429``; vllm path only).
@@ -77,6 +96,7 @@ vLLM paths are vLLM 0.30.0, which vllm-rbln 0.12 pins):
 from __future__ import annotations
 
 import functools
+import math
 import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -152,6 +172,11 @@ def block_size(opts: EngineOptions) -> int:
     return opts.max_model_len if opts.block_size is None else opts.block_size
 
 
+def kv_blocks_needed(opts: EngineOptions) -> int:
+    """Every sequence of the batch at max_model_len, plus vLLM's null block: all parity ever asks for."""
+    return opts.batch * math.ceil(opts.max_model_len / block_size(opts)) + 1
+
+
 class RblnProfile(DeviceProfile):
     name = "rbln"
     prompt_logprobs_default = False
@@ -187,13 +212,17 @@ class RblnProfile(DeviceProfile):
             raise UsageError(
                 f"--block-size {bs} does not fit --max-model-len {mml}: vllm-rbln needs the block size "
                 "equal to max_model_len or a divisor of it", hint=hint)
-        if request.prompt_logprobs:
-            raise UsageError(
-                "--prompt-logprobs is not supported on --device rbln: vllm-rbln 0.12 computes prompt rows "
-                "from the wrong hidden states (v1/worker/rbln_model_runner.py:2252-2260, 2418-2419)",
-                hint="drop --prompt-logprobs; generated positions are recorded",
-            )
         choice = choose_path(opts)
+        if request.prompt_logprobs:
+            why = ("on the vllm-model path its compiled prefill keeps only the last position's hidden state "
+                   "(v1/worker/rbln_model_runner.py:2252-2260) and the prompt-logprob request then fails in "
+                   "RBLNSampler.gather_logprobs (v1/sample/rbln_sampler.py:376-377)"
+                   if choice.path == PATH_VLLM else
+                   "its runners have no prompt-logprob support (TODO at v1/worker/rbln_model_runner.py:969)")
+            raise UsageError(f"--prompt-logprobs is not supported on --device rbln: vllm-rbln 0.12 cannot compute "
+                             f"prompt logprobs: {why}",
+                             hint="drop --prompt-logprobs (generated positions are recorded); prompt rows "
+                                  "come from a cpu or hf recording")
         if choice.path == PATH_VLLM and is_ca(choice.npu_name):
             raise UsageError(
                 f"vllm-rbln refuses the vllm-model path on {choice.npu_name} (read from {choice.npu_source})",
@@ -256,6 +285,13 @@ class RblnProfile(DeviceProfile):
             "npu_name_source": choice.npu_source,
             "path_decided_here": choice.decided_here,
             "block_size": block_size(opts),
+            "kv_blocks": ({"num_gpu_blocks_override": kv_blocks_needed(opts),
+                           "why": f"--batch {opts.batch} sequences x ceil({opts.max_model_len} / "
+                                  f"{block_size(opts)}) blocks + 1 null block: the most parity uses; the "
+                                  "plugin's memory-based count can pass the compiled attention's int16 block ids"}
+                          if choice.path == PATH_VLLM else
+                          {"num_gpu_blocks_override": None,
+                           "why": "the optimum path uses the compiled model's own block count"}),
             "host_logits": opts.rbln_host_logits,
             "fresh_compile": opts.rbln_fresh_compile,
         }
@@ -294,7 +330,7 @@ class RblnProfile(DeviceProfile):
             # compiled batch shape whatever VLLM_RBLN_DECODE_BATCH_BUCKET_* say.
             additional.update(decode_batch_bucket_strategy="exponential", decode_batch_bucket_min=1,
                               decode_batch_bucket_limit=1)
-        return {
+        args = {
             "model_impl": MODEL_IMPL[path],
             "additional_config": additional,
             "max_num_seqs": opts.batch,
@@ -307,3 +343,6 @@ class RblnProfile(DeviceProfile):
             "async_scheduling": False,
             "max_num_batched_tokens": opts.max_num_batched_tokens or max(opts.max_model_len, 128),
         }
+        if path == PATH_VLLM:
+            args["num_gpu_blocks_override"] = kv_blocks_needed(opts)
+        return args

@@ -71,6 +71,9 @@ def test_rbln_dry_run_prints_the_plan_without_the_plugin(tmp_path, tiny_model):
     assert args["model_impl"] == "vllm" and args["max_num_seqs"] == 2
     assert args["additional_config"]["decode_batch_bucket_limit"] == 1
     assert args["model"] == str(tiny_model)
+    # KV blocks: 2 sequences x one 256-token block + the null block, not the plugin's memory-based count.
+    assert args["num_gpu_blocks_override"] == 3
+    assert plan["device_plan"]["kv_blocks"]["num_gpu_blocks_override"] == 3
     env = plan["env"]
     assert env["VLLM_USE_V2_MODEL_RUNNER"] == "0"
     assert "VLLM_PLUGINS" not in env and "RBLN_KERNEL_MODE" not in env and "VLLM_DISABLE_COMPILE_CACHE" not in env
@@ -128,7 +131,24 @@ def test_rbln_bad_block_size_is_a_one_line_error(tmp_path, tiny_model):
 def test_rbln_prompt_logprobs_is_a_one_line_error(tmp_path, tiny_model):
     proc = parity("record", "--dry-run", "--device", "rbln", "--model", str(tiny_model), "--prompts", "Hi",
                   "--prompt-logprobs", "--out", str(tmp_path))
-    assert_one_line_error(proc, "--prompt-logprobs", "rbln")
+    # Where the plugin fails (test_rbln_e2e.py shows it does), and the next step.
+    assert_one_line_error(proc, "--prompt-logprobs", "rbln", "RBLNSampler.gather_logprobs", "cpu or hf recording")
+
+
+@pytest.mark.parametrize(("batch", "max_model_len", "block", "blocks"),
+                         [(1, 1024, None, 2), (4, 256, 64, 17), (3, 100, 25, 13)])
+def test_rbln_kv_blocks_are_what_the_batch_needs_at_full_length(tmp_path, tiny_model, batch, max_model_len, block,
+                                                                 blocks):
+    extra = ("--block-size", str(block)) if block else ()
+    plan = dry_run("--device", "rbln", "--model", str(tiny_model), "--prompts", "Hi", "--batch", str(batch),
+                   "--max-model-len", str(max_model_len), *extra, "--out", str(tmp_path))
+    assert plan["engine_args"]["num_gpu_blocks_override"] == blocks
+    assert plan["device_plan"]["kv_blocks"]["num_gpu_blocks_override"] == blocks
+    optimum = dry_run("--device", "rbln", "--rbln-path", "optimum", "--model", str(tiny_model), "--prompts", "Hi",
+                      "--out", str(tmp_path))
+    # The optimum path's block count is the compiled model's own.
+    assert "num_gpu_blocks_override" not in optimum["engine_args"]
+    assert optimum["device_plan"]["kv_blocks"]["num_gpu_blocks_override"] is None
 
 
 @pytest.mark.parametrize("device", ["rbln", "cpu"])

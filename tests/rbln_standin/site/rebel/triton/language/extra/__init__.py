@@ -1,0 +1,3 @@
+"""Stand-in for ``rebel.triton.language.extra`` (import chain of the plugin's Triton kernels)."""
+
+from . import rbln  # noqa: F401
