@@ -61,11 +61,31 @@ def _seq_of(params) -> int | None:
     return extra.get(EXTRA_KEY)
 
 
+def _ended(params, output_ids: list[int]) -> bool:
+    """Whether vLLM's stop check ended this request (``vllm/v1/core/sched/utils.py`` ``check_stop``).
+
+    Max tokens or a stop token (the EOS among them unless ``ignore_eos``),
+    after ``min_tokens``. Anything else that takes a request out of the batch
+    (a pause, a preemption) is not an end.
+    """
+    n = len(output_ids)
+    if n == 0:
+        return False
+    max_tokens = getattr(params, "max_tokens", None)
+    if max_tokens is not None and n >= max_tokens:
+        return True
+    if n < (getattr(params, "min_tokens", 0) or 0):
+        return False
+    return output_ids[-1] in (getattr(params, "all_stop_token_ids", None) or ())
+
+
 class CaptureProcessor(LogitsProcessor):
     """Captures (and optionally forces) every decode step of parity requests."""
 
     def __init__(self, vllm_config, device: torch.device, is_pin_memory: bool) -> None:
-        self.rows: dict[int, tuple[int, list[int]]] = {}  # batch index -> (seq, output ids ref)
+        # batch index -> (seq, output ids: vLLM's own list, grown in place, params)
+        self.rows: dict[int, tuple[int, list[int], object]] = {}
+        self._mask: torch.Tensor | None = None  # forcing mask, reused (see apply)
 
     def is_argmax_invariant(self) -> bool:
         # Must run for greedy requests too: capture and forcing both need every step.
@@ -81,7 +101,7 @@ class CaptureProcessor(LogitsProcessor):
             self._leave(self.rows.pop(index, None))
             seq = _seq_of(params)
             if seq is not None:
-                self.rows[index] = (seq, output_ids)
+                self.rows[index] = (seq, output_ids, params)
         for a, b, direction in batch_update.moved:
             entry_a = self.rows.pop(a, None)
             entry_b = self.rows.pop(b, None)
@@ -95,12 +115,37 @@ class CaptureProcessor(LogitsProcessor):
                 self._leave(entry_b)
 
     @staticmethod
-    def _leave(entry: tuple[int, list[int]] | None) -> None:
-        if entry is not None and STATE.sink is not None:
-            # Lets the writer release the sequence's buffers as soon as it leaves the batch.
-            STATE.sink.finished(entry[0])
+    def _leave(entry: tuple[int, list[int], object] | None) -> None:
+        """A request left the batch: tell the sink only if it ended, not if it was paused.
+
+        Leaving the batch is not the end of a request: vllm-rbln's scheduler
+        takes the decode batch out whenever it admits a prefill
+        (``v1/core/rbln_scheduler.py:874-894``) and the runner removes those
+        requests from the input batch as it removes finished ones
+        (``v1/worker/rbln_model_runner.py:616-631``); vLLM's ``BatchUpdate``
+        says which index left, not why. A sequence that reached its planned
+        row count is finished by the sink itself; here only what vLLM's stop
+        check would have ended early (a stop token) counts.
+        """
+        if entry is None or STATE.sink is None:
+            return
+        seq, output_ids, params = entry
+        if _ended(params, output_ids):
+            STATE.sink.finished(seq)
 
     def apply(self, logits: torch.Tensor) -> torch.Tensor:
+        # Device-resident logits (vllm-rbln's default VLLM_RBLN_USE_DEVICE_TENSOR=1)
+        # live on the NPU, where every op here runs eagerly; so this method keeps to
+        # the operations the plugin itself runs eagerly on those logits each step
+        # (vllm-rbln 0.12, vLLM 0.30 paths; see README "What runs where"):
+        # row slices and index_select (v1/worker/rbln_model_runner.py:1871,1873),
+        # log_softmax to float32 (vllm/v1/sample/sampler.py:307, called first thing
+        # by v1/sample/rbln_sampler.py:291), topk (rbln_sampler.py:373), the copy to
+        # the host (logprobs tensors .tolists(), rbln_model_runner.py:1553), a
+        # host-built boolean mask applied with masked_fill_ (the allowed-token-ids
+        # mask, vllm/v1/sample/sampler.py:394), advanced-index reads, isfinite and
+        # index_put_ (min-tokens processor, vllm/v1/sample/logits_processor/
+        # builtin.py:263-283). No Python value is read back from the device.
         if not self.rows:
             return logits
         sink = STATE.sink
@@ -117,16 +162,42 @@ class CaptureProcessor(LogitsProcessor):
             values_np, ids_np = tensor_rows(logprobs, STATE.topn)
             sink.generated([(self.rows[i][0], len(self.rows[i][1])) for i in indices], values_np, ids_np)
         if STATE.forced:
-            for index in indices:
-                seq, output_ids = self.rows[index]
-                trajectory = STATE.forced.get(seq)
-                step = len(output_ids)
-                if trajectory is not None and step < len(trajectory):
-                    target = trajectory[step]
-                    keep = logits[index, target].clone()
-                    logits[index].fill_(float("-inf"))
-                    logits[index, target] = keep if torch.isfinite(keep) else 0.0
+            self._force(logits, indices)
         return logits
+
+    def _force(self, logits: torch.Tensor, indices: list[int]) -> None:
+        """Every logit of a forced row but its golden token becomes -inf (after the row was captured).
+
+        The golden token keeps its own logit (0 if that was not finite, so the
+        row still has one finite entry to sample).
+        """
+        rows, targets = [], []
+        for index in indices:
+            seq, output_ids, _params = self.rows[index]
+            trajectory = STATE.forced.get(seq)
+            step = len(output_ids)
+            if trajectory is not None and step < len(trajectory):
+                rows.append(index)
+                targets.append(trajectory[step])
+        if not rows:
+            return
+        shape = (logits.shape[0], logits.shape[1])
+        if self._mask is None or tuple(self._mask.shape) != shape:
+            self._mask = torch.zeros(shape, dtype=torch.bool)
+        mask = self._mask
+        rows_t = torch.tensor(rows, dtype=torch.long)
+        targets_t = torch.tensor(targets, dtype=torch.long)
+        mask[rows_t] = True
+        mask[rows_t, targets_t] = False
+        try:
+            device_rows = rows_t.to(logits.device)
+            device_targets = targets_t.to(logits.device)
+            keep = logits[device_rows, device_targets]
+            keep = torch.where(torch.isfinite(keep), keep, torch.zeros_like(keep))
+            logits.masked_fill_(mask.to(logits.device), float("-inf"))
+            logits.index_put_((device_rows, device_targets), keep)
+        finally:
+            mask[rows_t] = False  # all False again for the next step
 
 
 def install_prompt_hook(worker, on_rows: Callable[[int, int, torch.Tensor], None]) -> bool:

@@ -70,6 +70,9 @@ class RowSink:
         self.topn = spec.topn
         self.next_generated = [0] * spec.num_seqs
         self.next_prompt = [0] * spec.num_seqs
+        # Rows each sequence will get (aligned layout): reaching them is its end,
+        # whatever the engine says of its comings and goings in the batch.
+        self.planned = {kind: list(counts) for kind, counts in (spec.reserve or {}).items()}
         self.nan_rows = [0] * spec.num_seqs
         self.inf_rows = [0] * spec.num_seqs
         self.positions = 0
@@ -123,10 +126,18 @@ class RowSink:
                 return
             self.next_generated[seq] += 1
             self.writer.append_rows(GENERATED, seq, values[k], None if ids is None else ids[k])
+            self._maybe_complete(GENERATED, seq, self.next_generated[seq])
         self._count([seq for seq, _ in entries], values)
 
     def finished(self, seq: int) -> None:
+        """The engine ended this sequence (not a pause): no more rows of any kind will come."""
         self.writer.finish_sequence(seq)
+
+    def _maybe_complete(self, kind: str, seq: int, rows: int) -> None:
+        planned = self.planned.get(kind)
+        if planned is not None and rows == planned[seq]:
+            # Writes the sequence's last shard now and frees its buffer.
+            self.writer.finish_sequence(seq, kind)
 
     def prompt(self, seq: int, start: int, rows: np.ndarray, ids: np.ndarray | None = None) -> None:
         if start != self.next_prompt[seq]:
@@ -134,6 +145,7 @@ class RowSink:
             return
         self.next_prompt[seq] += rows.shape[0]
         self.writer.append_rows(PROMPT, seq, rows, ids)
+        self._maybe_complete(PROMPT, seq, self.next_prompt[seq])
         self._count([seq] * rows.shape[0], rows)
 
     def stats(self) -> SinkStats:

@@ -455,11 +455,17 @@ class StoreWriter:
                     raise ValueError("top-N rows need their token ids")
                 self.streams[name_ids].append(seq, ids)
 
-    def finish_sequence(self, seq: int) -> None:
-        """A sequence will get no more rows: release its buffers (aligned layout)."""
+    def finish_sequence(self, seq: int, kind: str | None = None) -> None:
+        """A sequence will get no more rows (of ``kind``, or of any kind): write out and release its buffers.
+
+        Aligned layout only. Call it once the sequence has really ended: rows
+        appended afterwards start a new buffer in the middle of a shard, which
+        zarr then merges into the shard already written (a read-modify-write).
+        """
+        names = set(row_array_names(kind)) if kind is not None else None
         with self.lock:
-            for stream in self.streams.values():
-                if stream.aligned:
+            for name, stream in self.streams.items():
+                if stream.aligned and (names is None or name in names):
                     stream.finish(seq)
 
     def bytes_written(self) -> int:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 from vllm import SamplingParams
-from vllm.v1.sample.logits_processor import BatchUpdate
+from vllm.v1.sample.logits_processor import BatchUpdate, MoveDirectionality
 
 from recorder import capture
 from recorder.capture import EXTRA_KEY, CaptureProcessor
@@ -63,3 +63,129 @@ def test_each_sequence_gets_the_log_softmax_of_its_own_row(tmp_path, monkeypatch
     store = Store.open(path)
     for s in seqs:
         np.testing.assert_array_equal(store.sequence_rows(GENERATED, s), np.stack(expected[s]))
+
+
+def _aligned_sink(tmp_path, lengths: list[int], lanes: int) -> RowSink:
+    """A sink with the aligned layout, as the recorder opens it for batched decoding."""
+    return RowSink(WriterSpec(out=str(tmp_path), vocab_size=VOCAB, topn=None, num_seqs=len(lengths),
+                              total=sum(lengths), reserve={GENERATED: lengths, "prompt": [0] * len(lengths)},
+                              lanes=lanes))
+
+
+def _spy_shard_writes(monkeypatch) -> list[tuple[int, int]]:
+    """(first row, shard rows) of every shard write; a first row inside a shard is a zarr read-modify-write."""
+    from schemas import store as store_module
+
+    calls: list[tuple[int, int]] = []
+    original = store_module._ShardFiles.write
+
+    def write(self, first, block, shard_rows):
+        calls.append((first, shard_rows))
+        return original(self, first, block, shard_rows)
+
+    monkeypatch.setattr(store_module._ShardFiles, "write", write)
+    return calls
+
+
+def _manifest_of(lengths: list[int]) -> Manifest:
+    base = manifest(len(lengths))
+    return Manifest(request=base.request, device=base.device, vocab_size=VOCAB,
+                    sequences=tuple(SequenceInfo(i, 2, n, "length") for i, n in enumerate(lengths)), arrays={},
+                    created_at="t", tool_version="0")
+
+
+def test_a_paused_sequence_is_not_finished_and_no_shard_is_rewritten(tmp_path, monkeypatch):
+    """vllm-rbln's scheduler takes the decode batch out on every prefill admission and puts it back later.
+
+    Driven as its runner drives vLLM's InputBatch: the paused requests are
+    "removed", then "added" again with the same params and the same output
+    list. Each sequence must be finished once, when its planned rows are in,
+    and every shard written whole, once.
+    """
+    lengths = [5, 3]
+    sink = _aligned_sink(tmp_path, lengths, lanes=2)
+    finished: list[int] = []
+    original_finished = sink.finished
+    monkeypatch.setattr(sink, "finished", lambda seq: (finished.append(seq), original_finished(seq)))
+    writes = _spy_shard_writes(monkeypatch)
+    monkeypatch.setattr(capture.STATE, "sink", sink)
+    monkeypatch.setattr(capture.STATE, "forced", {})
+    proc = CaptureProcessor(None, torch.device("cpu"), False)
+    outputs = [[], []]
+    params = [SamplingParams(max_tokens=n, extra_args={EXTRA_KEY: s}) for s, n in enumerate(lengths)]
+    expected = {0: [], 1: []}
+    gen = torch.Generator().manual_seed(3)
+
+    def step(batch: list[int]) -> None:
+        logits = torch.randn(len(batch), VOCAB, generator=gen)
+        want = torch.log_softmax(logits, dim=-1).numpy().copy()
+        out = proc.apply(logits)
+        for i, s in enumerate(batch):
+            expected[s].append(want[i])
+            outputs[s].append(int(out[i].argmax()))
+
+    both = [(i, params[s], [1, 2], outputs[s]) for i, s in enumerate([0, 1])]
+    proc.update_state(BatchUpdate(batch_size=2, removed=[], added=both, moved=[]))
+    step([0, 1])
+    # A prefill admission: the decode batch leaves (a pause), then comes back.
+    proc.update_state(BatchUpdate(batch_size=0, removed=[0, 1], added=[], moved=[]))
+    proc.update_state(BatchUpdate(batch_size=2, removed=[], added=both, moved=[]))
+    step([0, 1])
+    proc.update_state(BatchUpdate(batch_size=0, removed=[1, 0], added=[], moved=[]))
+    swapped = [(0, params[1], [1, 2], outputs[1]), (1, params[0], [1, 2], outputs[0])]
+    proc.update_state(BatchUpdate(batch_size=2, removed=[], added=swapped, moved=[]))
+    step([1, 0])
+    assert len(outputs[1]) == lengths[1]
+    proc.update_state(BatchUpdate(batch_size=1, removed=[0], added=[], moved=[]))  # seq 1 (index 0) is done
+    proc.update_state(BatchUpdate(batch_size=1, removed=[], added=[], moved=[(1, 0, MoveDirectionality.UNIDIRECTIONAL)]))
+    step([0])
+    step([0])
+    proc.update_state(BatchUpdate(batch_size=0, removed=[0], added=[], moved=[]))
+    assert finished == [1, 0]  # each once, at its end (max_tokens reached), never at a pause
+    assert writes and all(first % shard == 0 for first, shard in writes), writes
+    path, _ = sink.commit(_manifest_of(lengths), [[1, 2, *outputs[s]] for s in range(2)])
+    store = Store.open(path)
+    for s in range(2):
+        np.testing.assert_array_equal(store.sequence_rows(GENERATED, s), np.stack(expected[s]))
+    assert store.verify().digest
+
+
+def test_a_stop_token_ends_a_sequence_early(tmp_path, monkeypatch):
+    sink = _aligned_sink(tmp_path, [4], lanes=1)
+    finished: list[int] = []
+    monkeypatch.setattr(sink, "finished", finished.append)
+    monkeypatch.setattr(capture.STATE, "sink", sink)
+    monkeypatch.setattr(capture.STATE, "forced", {})
+    proc = CaptureProcessor(None, torch.device("cpu"), False)
+    params = SamplingParams(max_tokens=4, stop_token_ids=[7], extra_args={EXTRA_KEY: 0})
+    outputs: list[int] = [3]
+    proc.update_state(BatchUpdate(batch_size=1, removed=[], added=[(0, params, [1], outputs)], moved=[]))
+    proc.update_state(BatchUpdate(batch_size=0, removed=[0], added=[], moved=[]))
+    assert finished == []  # left after token 3: a pause
+    proc.update_state(BatchUpdate(batch_size=1, removed=[], added=[(0, params, [1], outputs)], moved=[]))
+    outputs.append(7)
+    proc.update_state(BatchUpdate(batch_size=0, removed=[0], added=[], moved=[]))
+    assert finished == [0]
+    sink.abort()
+
+
+def test_forcing_leaves_only_the_golden_token_and_other_rows_untouched(monkeypatch):
+    monkeypatch.setattr(capture.STATE, "sink", None)
+    # Batch: parity seq 0, another request, parity seq 1 (its golden token's logit is -inf), seq 2 past its trajectory.
+    monkeypatch.setattr(capture.STATE, "forced", {0: [11, 12], 1: [5], 2: [9]})
+    proc = CaptureProcessor(None, torch.device("cpu"), False)
+    outs = {0: [4], 2: [], 3: [9]}
+    added = [(0, SamplingParams(extra_args={EXTRA_KEY: 0}), [1], outs[0]),
+             (1, SamplingParams(), [1], []),
+             (2, SamplingParams(extra_args={EXTRA_KEY: 1}), [1], outs[2]),
+             (3, SamplingParams(extra_args={EXTRA_KEY: 2}), [1], outs[3])]
+    proc.update_state(BatchUpdate(batch_size=4, removed=[], added=added, moved=[]))
+    for _ in range(2):  # twice: the reused mask must be clean again
+        logits = torch.randn(4, VOCAB, generator=torch.Generator().manual_seed(5))
+        logits[2, 5] = float("-inf")
+        before = logits.clone()
+        proc.apply(logits)
+        finite = torch.isfinite(logits)
+        assert finite[0].nonzero().flatten().tolist() == [12] and logits[0, 12] == before[0, 12]
+        assert finite[2].nonzero().flatten().tolist() == [5] and logits[2, 5] == 0.0
+        assert torch.equal(logits[1], before[1]) and torch.equal(logits[3], before[3])
