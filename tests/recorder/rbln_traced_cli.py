@@ -10,9 +10,11 @@ by ``PARITY_TEST_TRACE`` when the process exits. They cover this process only
 - ``finished_calls``: how often the sink was told each sequence ended, and
   ``rows_after_finished``: rows that arrived for a sequence after that;
 - ``shard_rewrites``: shard writes that did not start a shard, which zarr
-  merges into the shard already on disk (a read-modify-write).
+  merges into the shard already on disk (a read-modify-write);
+- ``attention_calls``: calls of each of the stand-in's attention ops (which
+  attention path the plugin chose: normal, or flash over several blocks).
 
-Usage: python -m tests.rbln_standin.traced_cli record --device rbln ...
+Usage: python -m tests.recorder.rbln_traced_cli record --device rbln ...
 """
 
 from __future__ import annotations
@@ -78,6 +80,9 @@ def main() -> None:
     path = os.environ.get("PARITY_TEST_TRACE")
     if path:
         def dump() -> None:
+            ops = sys.modules.get("rebel._ops")
+            if ops is not None:
+                trace["attention_calls"] = dict(ops.STATS)
             with open(path, "w") as f:
                 json.dump({k: (dict(v) if isinstance(v, Counter) else v) for k, v in trace.items()}, f)
 
