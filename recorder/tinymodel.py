@@ -117,3 +117,37 @@ def build_tiny_model(
 def tiny_model_dir(cache_dir: Path, *, vocab_size: int = DEFAULT_VOCAB, perturb: float = 0.0) -> Path:
     name = f"tiny-llama-v{vocab_size}" + (f"-perturbed-{perturb:g}" if perturb else "")
     return build_tiny_model(Path(cache_dir) / "models" / name, vocab_size=vocab_size, perturb=perturb)
+
+
+def perturb_layer(model_dir: Path | str, out_dir: Path | str, layer: int, *, scale: float = 0.3,
+                  seed: int = 3) -> Path:
+    """A copy of model_dir whose decoder layer ``layer`` (0-based) has its matrices perturbed.
+
+    Noise of ``scale`` times each matrix's mean magnitude: a device that drifts
+    from one layer on, so the depth ``parity bisect`` must name is known
+    (``layer + 1``). Written atomically; an existing out_dir is returned as is.
+    """
+    import numpy as np
+    from safetensors.numpy import load_file, save_file
+
+    model_dir, out_dir = Path(model_dir), Path(out_dir)
+    if (out_dir / "config.json").exists():
+        return out_dir
+    tmp = out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
+    shutil.copytree(model_dir, tmp)
+    try:
+        tensors = load_file(str(model_dir / "model.safetensors"))
+        rng = np.random.default_rng(seed)
+        touched = 0
+        for name, value in tensors.items():
+            if f"layers.{layer}." in name and value.ndim == 2:
+                noise = rng.standard_normal(value.shape) * scale * np.abs(value).mean()
+                tensors[name] = (value + noise).astype(value.dtype)
+                touched += 1
+        if not touched:
+            raise ValueError(f"{model_dir} has no decoder layer {layer}")
+        save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        os.replace(tmp, out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir

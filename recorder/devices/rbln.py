@@ -268,6 +268,15 @@ class RblnProfile(DeviceProfile):
                     hint="unset VLLM_RBLN_USE_VLLM_MODEL (deprecated; the path is chosen with --rbln-path)",
                 )
 
+    def host(self) -> dict[str, str]:
+        """The base host facts and the NPU the plugin saw (RBLN-CR03, ...), when one is named."""
+        facts = super().host()
+        name, source = npu_name()
+        if name:
+            facts["npu"] = name
+            facts["npu_source"] = source
+        return facts
+
     def layer_truncation(self, opts: EngineOptions) -> str:
         # vllm-model: the plugin's own VLLM_RBLN_NUM_HIDDEN_LAYERS builds only the
         # first K layers and skips the rest's weights (patches/distributed_utils.py:21-57),

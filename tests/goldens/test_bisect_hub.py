@@ -9,9 +9,7 @@ Hub's HTTP protocol to the real huggingface_hub client.
 from __future__ import annotations
 
 import json
-import shutil
 
-import numpy as np
 import pytest
 
 from schemas import Store
@@ -23,21 +21,11 @@ DRIFT_LAYER = 2  # binary search probes depths 4, 2, 3: depth 1's golden is neve
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    from safetensors.numpy import load_file, save_file
-
-    from recorder.tinymodel import build_tiny_model
+    from recorder.tinymodel import build_tiny_model, perturb_layer
 
     root = tmp_path_factory.mktemp("models")
     good = build_tiny_model(root / "good", num_layers=LAYERS, vocab_size=512)
-    bad = root / "bad"
-    shutil.copytree(good, bad)
-    tensors = load_file(str(good / "model.safetensors"))
-    rng = np.random.default_rng(5)
-    for name, value in tensors.items():
-        if f"layers.{DRIFT_LAYER}." in name and value.ndim == 2:
-            tensors[name] = (value + rng.standard_normal(value.shape) * 0.3 * np.abs(value).mean()).astype(value.dtype)
-    save_file(tensors, str(bad / "model.safetensors"), metadata={"format": "pt"})
-    return good, bad
+    return good, perturb_layer(good, root / "bad", DRIFT_LAYER, seed=5)
 
 
 def test_push_a_depth_set_in_one_commit_then_bisect_against_the_repo(hub, models, tmp_path):

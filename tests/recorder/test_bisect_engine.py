@@ -39,20 +39,9 @@ def deep_model(tmp_path_factory):
 @pytest.fixture(scope="module")
 def drifting_model(deep_model, tmp_path_factory):
     """deep_model with layer DRIFT_LAYER's matrices perturbed by 30% of their mean magnitude."""
-    from safetensors.numpy import load_file, save_file
+    from recorder.tinymodel import perturb_layer
 
-    out = tmp_path_factory.mktemp("models") / "drifting"
-    shutil.copytree(deep_model, out)
-    tensors = load_file(str(deep_model / "model.safetensors"))
-    rng = np.random.default_rng(3)
-    touched = 0
-    for name, value in tensors.items():
-        if f"layers.{DRIFT_LAYER}." in name and value.ndim == 2:
-            tensors[name] = (value + rng.standard_normal(value.shape) * 0.3 * np.abs(value).mean()).astype(value.dtype)
-            touched += 1
-    assert touched
-    save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
-    return out
+    return perturb_layer(deep_model, tmp_path_factory.mktemp("models") / "drifting", DRIFT_LAYER)
 
 
 def _cfg(model, out, **kw) -> RecordConfig:

@@ -25,12 +25,10 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from tests import rbln_standin
@@ -110,20 +108,11 @@ def work(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def models(work) -> dict[str, Path]:
     """A 4-layer tiny Llama; a copy with other weights (the golden's trajectory); one with layer 2 perturbed."""
-    from safetensors.numpy import load_file, save_file
-
-    from recorder.tinymodel import build_tiny_model
+    from recorder.tinymodel import build_tiny_model, perturb_layer
 
     deep = build_tiny_model(work / "models" / "deep", num_layers=LAYERS)
     other = build_tiny_model(work / "models" / "other", num_layers=LAYERS, perturb=0.5)
-    drifting = work / "models" / "drifting"
-    shutil.copytree(deep, drifting)
-    tensors = load_file(str(deep / "model.safetensors"))
-    rng = np.random.default_rng(3)
-    for name, value in tensors.items():
-        if f"layers.{DRIFT_LAYER}." in name and value.ndim == 2:
-            tensors[name] = (value + rng.standard_normal(value.shape) * 0.3 * np.abs(value).mean()).astype(value.dtype)
-    save_file(tensors, str(drifting / "model.safetensors"), metadata={"format": "pt"})
+    drifting = perturb_layer(deep, work / "models" / "drifting", DRIFT_LAYER)
     return {"deep": deep, "other": other, "drifting": drifting}
 
 
@@ -180,6 +169,7 @@ def assert_recorded_on_the_standin(store: Path, golden: Path) -> dict:
     versions = manifest.device.versions
     # The store says it came from the stand-in, never from an NPU.
     assert versions["rebel-compiler"] == "0.0.0+cpu.standin" and versions["vllm-rbln"] == "0.12.0"
+    assert manifest.device.host["npu"] == "RBLN-CR03" and manifest.device.host["npu_source"] == "rebel.get_npu_name(0)"
     assert manifest.run["forced"] and manifest.run["golden"] == Store.open(golden).manifest.digest
     assert manifest.request.prompt_logprobs is False and manifest.prompt_positions == 0
     return manifest.device.engine_args
