@@ -61,7 +61,8 @@ vLLM paths are vLLM 0.30.0, which vllm-rbln 0.12 pins):
   3-D logits it computes then make ``RBLNSampler.gather_logprobs`` raise
   (``v1/sample/rbln_sampler.py:376-377``, "Index tensor must have the same
   number of dimensions as input tensor"; tests/recorder/test_rbln_e2e.py
-  shows it).
+  shows it). On the optimum path the compiled model returns the last
+  position's logits only (``v1/worker/optimum_model_runner.py:430-453``).
 - Host-side logits (``--rbln-host-logits``): ``VLLM_RBLN_USE_DEVICE_TENSOR=0``
   (``envs.py:264-273``, only an environment variable in 0.12, read when the
   path is applied, ``platform/__init__.py:429``; vllm path only).
@@ -218,7 +219,8 @@ class RblnProfile(DeviceProfile):
                    "(v1/worker/rbln_model_runner.py:2252-2260) and the prompt-logprob request then fails in "
                    "RBLNSampler.gather_logprobs (v1/sample/rbln_sampler.py:376-377)"
                    if choice.path == PATH_VLLM else
-                   "its runners have no prompt-logprob support (TODO at v1/worker/rbln_model_runner.py:969)")
+                   "on the optimum path the compiled model returns one row of logits per request, the last "
+                   "position's (v1/worker/optimum_model_runner.py:430-453)")
             raise UsageError(f"--prompt-logprobs is not supported on --device rbln: vllm-rbln 0.12 cannot compute "
                              f"prompt logprobs: {why}",
                              hint="drop --prompt-logprobs (generated positions are recorded); prompt rows "

@@ -133,6 +133,9 @@ def test_rbln_prompt_logprobs_is_a_one_line_error(tmp_path, tiny_model):
                   "--prompt-logprobs", "--out", str(tmp_path))
     # Where the plugin fails (test_rbln_e2e.py shows it does), and the next step.
     assert_one_line_error(proc, "--prompt-logprobs", "rbln", "RBLNSampler.gather_logprobs", "cpu or hf recording")
+    optimum = parity("record", "--dry-run", "--device", "rbln", "--rbln-path", "optimum", "--model", str(tiny_model),
+                     "--prompts", "Hi", "--prompt-logprobs", "--out", str(tmp_path))
+    assert_one_line_error(optimum, "--prompt-logprobs", "one row of logits per request")
 
 
 @pytest.mark.parametrize(("batch", "max_model_len", "block", "blocks"),
