@@ -79,7 +79,7 @@ test-vllm030: $(STAMP030)
 	PARITY_REQUIRE_RBLN=1 PARITY_RBLN_PLUGIN_DIR=$(abspath $(RBLN_PLUGIN_DIR)) \
 		$(BIN030)/python -m pytest -m rbln_sampler tests/recorder/test_rbln_sampler.py || rc=1; \
 	PARITY_REQUIRE_RBLN=1 PARITY_RBLN_PLUGIN_DIR=$(abspath $(RBLN_PLUGIN_DIR)) \
-		timeout -k 30 $(ENGINE030_TIMEOUT) $(BIN030)/python -m pytest -m rbln_e2e tests/recorder/test_rbln_e2e.py || rc=1; \
+		timeout -k 30 $(ENGINE030_TIMEOUT) $(BIN030)/python -m pytest -m rbln_e2e -rP --durations=0 tests/recorder/test_rbln_e2e.py || rc=1; \
 	exit $$rc
 
 test-fast: $(STAMP)

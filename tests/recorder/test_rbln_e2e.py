@@ -145,8 +145,11 @@ def record_rbln(work: Path, models: dict, golden: Path, *args: str) -> tuple[Pat
     return _store(proc), trace
 
 
-def assert_equals_reference(work: Path, ref: Path, cand: Path) -> dict:
-    """The diff's verdict at KL <= 1e-5 and top-1 1.0 over every forced position, and verify; returns the report."""
+def assert_equals_reference(work: Path, ref: Path, cand: Path, trace: dict | None = None) -> dict:
+    """The diff's verdict at KL <= 1e-5 and top-1 1.0 over every forced position, and verify; returns the report.
+
+    Prints one line of figures (make test-vllm030 shows them with -rP).
+    """
     from schemas import Store
 
     report_path = work / f"diff-{cand.name}.json"
@@ -158,6 +161,10 @@ def assert_equals_reference(work: Path, ref: Path, cand: Path) -> dict:
     assert summary["positions"] == Store.open(ref).manifest.generated_positions > 0
     assert summary["kl"]["max"] <= ALLOWED_KL and summary["top1_agreement"] == 1.0
     assert "ok xxh3-128:" in parity("verify", str(cand), tmp=work).stdout
+    counts = {k: trace[k] for k in ("evictions", "shard_writes", "shard_rewrites", "rows_after_finished")
+              if trace and k in trace}
+    print(f"rbln vs hf: {summary['positions']} rows, KL max {summary['kl']['max']:.3e}, "
+          f"top-1 {summary['top1_agreement']:.4f}, verified; {counts}")
     return report
 
 
@@ -180,7 +187,7 @@ def test_batch_1(work, models, golden, hf_reference):
     args = assert_recorded_on_the_standin(store, golden)
     assert args["max_num_seqs"] == 1 and args["num_gpu_blocks_override"] == 2 and args["model_impl"] == "vllm"
     assert trace["evictions"] == 0 and trace["attention_calls"]["decode"] > 0
-    assert_equals_reference(work, hf_reference, store)
+    assert_equals_reference(work, hf_reference, store, trace)
 
 
 def test_batch_4_prefill_admissions_pause_the_decode_batch_and_rows_stay_whole(work, models, golden, hf_reference):
@@ -192,7 +199,7 @@ def test_batch_4_prefill_admissions_pause_the_decode_batch_and_rows_stay_whole(w
     # and every shard was written whole, once (no read-modify-write of a shard on disk).
     assert all(n == 1 for n in trace["finished_calls"].values()), trace
     assert trace["rows_after_finished"] == 0 and trace["shard_rewrites"] == 0 and trace["shard_writes"] > 0, trace
-    assert_equals_reference(work, hf_reference, store)
+    assert_equals_reference(work, hf_reference, store, trace)
 
 
 def test_tensor_parallel_2(work, models, golden, hf_reference):
@@ -216,7 +223,7 @@ def test_a_block_size_dividing_max_model_len_with_prompts_over_several_blocks(wo
     # The plugin chose its flash (multi-block) attention, never the one-block kernels.
     calls = trace["attention_calls"]
     assert calls["flash_prefill"] > 0 and calls["flash_decode"] > 0 and calls["prefill"] == calls["decode"] == 0
-    assert_equals_reference(work, hf_reference, store)
+    assert_equals_reference(work, hf_reference, store, trace)
 
 
 def test_num_hidden_layers_through_the_plugins_own_layer_limit(work, models, golden):
@@ -247,6 +254,7 @@ def test_bisect_on_rbln_names_the_perturbed_layer_against_cpu_goldens_at_depths(
     assert proc.stdout.strip().splitlines()[-1].startswith(f"first drift at depth {DRIFT_LAYER + 1} of {LAYERS}")
     doc = json.loads(report.read_text())
     assert doc["first_drift_depth"] == DRIFT_LAYER + 1
+    print("bisect on rbln:", [(d["num_hidden_layers"], d["verdict"], f"{d['kl']['max']:.3e}") for d in doc["depths"]])
     for probe in doc["depths"]:
         cand = Store.open(probe["candidate"]["path"])
         cand.verify()
