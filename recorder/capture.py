@@ -61,30 +61,39 @@ def _seq_of(params) -> int | None:
     return extra.get(EXTRA_KEY)
 
 
-def _ended(params, output_ids: list[int]) -> bool:
-    """Whether vLLM's stop check ended this request (``vllm/v1/core/sched/utils.py`` ``check_stop``).
+def _ended(params, output_ids: list[int], prompt_len: int, max_model_len: int | None) -> bool:
+    """Whether vLLM's stop check ended this request, as ``check_stop`` decides it.
 
-    Max tokens or a stop token (the EOS among them unless ``ignore_eos``),
-    after ``min_tokens``. Anything else that takes a request out of the batch
-    (a pause, a preemption) is not an end.
+    (``vllm/v1/core/sched/utils.py:94-115`` in vLLM 0.30.) The EOS token
+    (``params.eos_token_id`` is None under ``ignore_eos``, which forced runs
+    use: a golden's EOS mid-trajectory is no end), a stop token, max tokens,
+    or the model length. Anything else that takes a request out of the batch
+    (a pause, a preemption) is not an end. vLLM's min-tokens processor keeps
+    stop tokens from being sampled earlier, so they need no check here.
     """
     n = len(output_ids)
     if n == 0:
         return False
+    last = output_ids[-1]
+    eos = getattr(params, "eos_token_id", None)
+    if eos is not None and last == eos:
+        return True
+    if last in (getattr(params, "stop_token_ids", None) or ()):
+        return True
     max_tokens = getattr(params, "max_tokens", None)
     if max_tokens is not None and n >= max_tokens:
         return True
-    if n < (getattr(params, "min_tokens", 0) or 0):
-        return False
-    return output_ids[-1] in (getattr(params, "all_stop_token_ids", None) or ())
+    return max_model_len is not None and prompt_len + n >= max_model_len
 
 
 class CaptureProcessor(LogitsProcessor):
     """Captures (and optionally forces) every decode step of parity requests."""
 
     def __init__(self, vllm_config, device: torch.device, is_pin_memory: bool) -> None:
-        # batch index -> (seq, output ids: vLLM's own list, grown in place, params)
-        self.rows: dict[int, tuple[int, list[int], object]] = {}
+        # batch index -> (seq, output ids: vLLM's own list, grown in place, params, prompt length)
+        self.rows: dict[int, tuple[int, list[int], object, int]] = {}
+        model_config = getattr(vllm_config, "model_config", None)
+        self.max_model_len: int | None = getattr(model_config, "max_model_len", None)
         self._mask: torch.Tensor | None = None  # forcing mask, reused (see apply)
 
     def is_argmax_invariant(self) -> bool:
@@ -96,12 +105,12 @@ class CaptureProcessor(LogitsProcessor):
             return
         for index in batch_update.removed:
             self._leave(self.rows.pop(index, None))
-        for index, params, _prompt, output_ids in batch_update.added:
+        for index, params, prompt, output_ids in batch_update.added:
             # vLLM reuses a removed request's index without listing it in "removed".
             self._leave(self.rows.pop(index, None))
             seq = _seq_of(params)
             if seq is not None:
-                self.rows[index] = (seq, output_ids, params)
+                self.rows[index] = (seq, output_ids, params, len(prompt or ()))
         for a, b, direction in batch_update.moved:
             entry_a = self.rows.pop(a, None)
             entry_b = self.rows.pop(b, None)
@@ -114,8 +123,7 @@ class CaptureProcessor(LogitsProcessor):
                 # A one-way move fills b, the hole a removed request left (not listed in "removed").
                 self._leave(entry_b)
 
-    @staticmethod
-    def _leave(entry: tuple[int, list[int], object] | None) -> None:
+    def _leave(self, entry: tuple[int, list[int], object, int] | None) -> None:
         """A request left the batch: tell the sink only if it ended, not if it was paused.
 
         Leaving the batch is not the end of a request: vllm-rbln's scheduler
@@ -124,13 +132,13 @@ class CaptureProcessor(LogitsProcessor):
         requests from the input batch as it removes finished ones
         (``v1/worker/rbln_model_runner.py:616-631``); vLLM's ``BatchUpdate``
         says which index left, not why. A sequence that reached its planned
-        row count is finished by the sink itself; here only what vLLM's stop
-        check would have ended early (a stop token) counts.
+        row count is finished by the sink itself; here what vLLM's stop check
+        ended counts, early ends (EOS, a stop token) among them.
         """
         if entry is None or STATE.sink is None:
             return
-        seq, output_ids, params = entry
-        if _ended(params, output_ids):
+        seq, output_ids, params, prompt_len = entry
+        if _ended(params, output_ids, prompt_len, self.max_model_len):
             STATE.sink.finished(seq)
 
     def apply(self, logits: torch.Tensor) -> torch.Tensor:
@@ -173,7 +181,7 @@ class CaptureProcessor(LogitsProcessor):
         """
         rows, targets = [], []
         for index in indices:
-            seq, output_ids, _params = self.rows[index]
+            seq, output_ids, _params, _prompt_len = self.rows[index]
             trajectory = STATE.forced.get(seq)
             step = len(output_ids)
             if trajectory is not None and step < len(trajectory):

@@ -169,6 +169,23 @@ def test_a_stop_token_ends_a_sequence_early(tmp_path, monkeypatch):
     sink.abort()
 
 
+@pytest.mark.parametrize(("ignore_eos", "ends"), [(False, True), (True, False)])
+def test_eos_ends_a_sequence_unless_eos_is_ignored(tmp_path, monkeypatch, ignore_eos, ends):
+    """Forced runs ignore EOS: a golden's EOS mid-trajectory followed by a pause is no end."""
+    sink = _aligned_sink(tmp_path, [4], lanes=1)
+    finished: list[int] = []
+    monkeypatch.setattr(sink, "finished", finished.append)
+    monkeypatch.setattr(capture.STATE, "sink", sink)
+    proc = CaptureProcessor(None, torch.device("cpu"), False)
+    params = SamplingParams(max_tokens=4, ignore_eos=ignore_eos, extra_args={EXTRA_KEY: 0})
+    params.update_from_generation_config({}, eos_token_id=2)  # as vLLM's input processor does
+    outputs = [5, 2]
+    proc.update_state(BatchUpdate(batch_size=1, removed=[], added=[(0, params, [1], outputs)], moved=[]))
+    proc.update_state(BatchUpdate(batch_size=0, removed=[0], added=[], moved=[]))
+    assert finished == ([0] if ends else [])
+    sink.abort()
+
+
 def test_forcing_leaves_only_the_golden_token_and_other_rows_untouched(monkeypatch):
     monkeypatch.setattr(capture.STATE, "sink", None)
     # Batch: parity seq 0, another request, parity seq 1 (its golden token's logit is -inf), seq 2 past its trajectory.
@@ -189,3 +206,25 @@ def test_forcing_leaves_only_the_golden_token_and_other_rows_untouched(monkeypat
         assert finite[0].nonzero().flatten().tolist() == [12] and logits[0, 12] == before[0, 12]
         assert finite[2].nonzero().flatten().tolist() == [5] and logits[2, 5] == 0.0
         assert torch.equal(logits[1], before[1]) and torch.equal(logits[3], before[3])
+
+
+def test_reaching_the_model_length_ends_a_sequence(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    sink = _aligned_sink(tmp_path, [8], lanes=1)
+    finished: list[int] = []
+    monkeypatch.setattr(sink, "finished", finished.append)
+    monkeypatch.setattr(capture.STATE, "sink", sink)
+    config = SimpleNamespace(model_config=SimpleNamespace(max_model_len=5))
+    proc = CaptureProcessor(config, torch.device("cpu"), False)
+    params = SamplingParams(max_tokens=8, extra_args={EXTRA_KEY: 0})
+    outputs = [5]
+    added = [(0, params, [1, 2, 3], outputs)]
+    proc.update_state(BatchUpdate(batch_size=1, removed=[], added=added, moved=[]))
+    proc.update_state(BatchUpdate(batch_size=0, removed=[0], added=[], moved=[]))
+    assert finished == []  # 3 + 1 tokens of 5: paused
+    proc.update_state(BatchUpdate(batch_size=1, removed=[], added=added, moved=[]))
+    outputs.append(6)
+    proc.update_state(BatchUpdate(batch_size=0, removed=[0], added=[], moved=[]))
+    assert finished == [0]  # 3 + 2 = max_model_len: vLLM capped it
+    sink.abort()
