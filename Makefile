@@ -69,7 +69,7 @@ test: $(STAMP)
 # turns the rbln tests' skips into failures: here they must run.
 # All three run (separate processes: the rbln tests put stand-in modules and
 # the rbln platform where vLLM must not see them elsewhere); the target fails
-# if any did. The runs are bounded (normally ~3, <1 and ~8 min): a hang --
+# if any did. The runs are bounded (normally ~6, <1 and ~4 min): a hang --
 # vLLM 0.30's zmq teardown can block forever when an engine starts after a
 # multi-worker one -- fails here, not at CI's limit.
 ENGINE030_TIMEOUT ?= 1800
