@@ -39,6 +39,8 @@ import sys
 from pathlib import Path
 
 SITE = Path(__file__).resolve().parent / "site"
+REPO = Path(__file__).resolve().parents[2]
+REQUIRE_ENV = "PARITY_REQUIRE_RBLN"
 
 # Graphs handed to the stand-in compile backend, newest last (set by install()):
 # lets a test check that the plugin's compiled path, not a fallback, ran.
@@ -79,10 +81,6 @@ def subprocess_env(plugin_dir: Path | str, base: dict[str, str] | None = None) -
     env["TORCH_DEVICE_BACKEND_AUTOLOAD"] = "0"
     env["PYTHONPATH"] = os.pathsep.join([str(SITE), str(Path(plugin_dir).resolve())])
     return env
-
-
-REPO = Path(__file__).resolve().parents[2]
-REQUIRE_ENV = "PARITY_REQUIRE_RBLN"
 
 
 def plugin_dir() -> Path:

@@ -73,10 +73,11 @@ def _env(tmp: Path, *, standin: bool) -> dict[str, str]:
     return env
 
 
-def _run(argv: list[str], tmp: Path, *, standin: bool, ok: tuple[int, ...] = (0,)) -> subprocess.CompletedProcess:
-    proc = subprocess.run(argv, cwd=REPO, env=_env(tmp, standin=standin), capture_output=True, text=True,
-                          timeout=PROCESS_TIMEOUT_S)
-    assert proc.returncode in ok, f"{' '.join(argv[:6])}... exited {proc.returncode}:\n{proc.stderr[-4000:]}"
+def _run(argv: list[str], tmp: Path, *, standin: bool, ok: tuple[int, ...] = (0,),
+         extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    proc = subprocess.run(argv, cwd=REPO, env=_env(tmp, standin=standin) | (extra_env or {}), capture_output=True,
+                          text=True, timeout=PROCESS_TIMEOUT_S)
+    assert proc.returncode in ok, f"{' '.join(argv[2:7])}... exited {proc.returncode}:\n{proc.stderr[-4000:]}"
     return proc
 
 
@@ -88,11 +89,8 @@ def parity(*args: str, tmp: Path, ok: tuple[int, ...] = (0,)) -> subprocess.Comp
 def parity_rbln(*args: str, tmp: Path, ok: tuple[int, ...] = (0,)) -> tuple[subprocess.CompletedProcess, dict]:
     """The parity CLI with the plugin loaded and the NPU stood in; returns the process and its counters."""
     trace = tmp / f"trace-{os.urandom(4).hex()}.json"
-    env_trace = {"PARITY_TEST_TRACE": str(trace)}
-    argv = [sys.executable, "-m", "tests.recorder.rbln_traced_cli", *args]
-    env = _env(tmp, standin=True) | env_trace
-    proc = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=PROCESS_TIMEOUT_S)
-    assert proc.returncode in ok, f"parity {' '.join(args[:4])}... exited {proc.returncode}:\n{proc.stderr[-4000:]}"
+    proc = _run([sys.executable, "-m", "tests.recorder.rbln_traced_cli", *args], tmp, standin=True, ok=ok,
+                extra_env={"PARITY_TEST_TRACE": str(trace)})
     return proc, json.loads(trace.read_text())
 
 
