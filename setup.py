@@ -9,7 +9,7 @@ from setuptools import Extension, setup
 setup(
     ext_modules=[
         Extension(
-            "differ._kernel",
+            "parity.differ._kernel",
             sources=["differ/_kernel.c"],
             # No FMA contraction and no math-errno: results do not depend on
             # which of the AVX2 and SSE2 clones runs.

@@ -46,8 +46,8 @@ import numpy as np  # noqa: E402
 
 
 def build(out: Path, gib: float, vocab: int, seqs: int) -> tuple[Path, Path]:
-    from differ.testing import StoreSpec, build_manifest, log_softmax, SeqData
-    from schemas.store import GENERATED, StoreWriter
+    from parity.differ.testing import StoreSpec, build_manifest, log_softmax, SeqData
+    from parity.schemas.store import GENERATED, StoreWriter
 
     out.mkdir(parents=True, exist_ok=True)
     rows = max(int(gib * (1 << 30) / (4 * vocab)), seqs)
@@ -78,7 +78,7 @@ def build(out: Path, gib: float, vocab: int, seqs: int) -> tuple[Path, Path]:
 
 
 def stores_under(work: Path) -> tuple[Path, Path] | None:
-    from schemas.store import Store
+    from parity.schemas.store import Store
 
     existing = sorted(work.glob("*.parity.zarr"))
     if len(existing) != 2:
@@ -91,7 +91,7 @@ def floor(paths: list[str]) -> int:
     """Reads and Blosc-decodes every chunk of every row array, on this thread; returns decoded bytes."""
     from numcodecs import blosc
 
-    from schemas.shards import EMPTY, ArrayReader
+    from parity.schemas.shards import EMPTY, ArrayReader
 
     buf = np.empty(0, np.uint8)
     nbytes = 0
@@ -118,9 +118,9 @@ def floor(paths: list[str]) -> int:
 
 
 def child(mode: str, ref: str, cand: str) -> None:
-    from schemas.store import GENERATED, Store
-    import differ
-    from differ.core import block_rows_for
+    from parity.schemas.store import GENERATED, Store
+    from parity import differ
+    from parity.differ.core import block_rows_for
 
     t = time.perf_counter()
     nbytes = 0
@@ -136,7 +136,7 @@ def child(mode: str, ref: str, cand: str) -> None:
             for st in stores:
                 nbytes += st.rows(GENERATED, a, min(a + step, total)).nbytes
     elif mode == "kernel":
-        from differ import metrics
+        from parity.differ import metrics
 
         st = Store.open(ref), Store.open(cand)
         total = int(st[0].row_offsets(GENERATED)[-1])
@@ -206,7 +206,7 @@ def main() -> None:
                   f"{time.perf_counter() - t:.1f}s under {work}")
         ref, cand = big
         on_disk = sum(f.stat().st_size for p in (ref, cand) for f in p.rglob("*") if f.is_file())
-        from differ.metrics import DEFAULT_KERNEL
+        from parity.differ.metrics import DEFAULT_KERNEL
 
         modes = [m for m in MODES if m != "diff-numpy" or args.numpy]
         runs: dict[str, list[dict]] = {m: [] for m in modes}

@@ -62,7 +62,7 @@ def plain_generation(model: Path, prompts: list[str], tokens: int, public_logpro
     if max_num_seqs:
         extra["max_num_seqs"] = max_num_seqs
     if tp > 1:
-        from recorder import EngineOptions, get_profile
+        from parity.recorder import EngineOptions, get_profile
 
         # The thread binding the recorder uses, so both sides run alike.
         os.environ.update(get_profile("cpu").environment(EngineOptions(tp=tp), full_vocab=True))
@@ -81,7 +81,7 @@ def plain_generation(model: Path, prompts: list[str], tokens: int, public_logpro
 
 def recorded_generation(model: Path, prompts: list[str], tokens: int, out: Path, prompt_logprobs: bool,
                         batch: int = 1, tp: int = 1):
-    from recorder import EngineOptions, RecordConfig, record
+    from parity.recorder import EngineOptions, RecordConfig, record
 
     res = record(RecordConfig(model=str(model), prompts=prompts, max_tokens=tokens, out=out,
                               prompt_logprobs=prompt_logprobs,
@@ -112,8 +112,8 @@ class Breakdown:
     def install(self, stub_files: bool = False) -> "Breakdown":
         import threading
 
-        import recorder.capture as capture
-        import schemas.store as store
+        import parity.recorder.capture as capture
+        import parity.schemas.store as store
 
         t, lock = self.t, threading.Lock()
 
@@ -217,7 +217,7 @@ def breakdown(model: Path, prompts: list[str], tokens: int, repeat: int, work: P
 
 
 def rss_child(tokens: int, n_prompts: int, out: str, vocab: int) -> None:
-    from recorder.tinymodel import tiny_model_dir
+    from parity.recorder.tinymodel import tiny_model_dir
 
     model = tiny_model_dir(Path(os.environ["PARITY_CACHE"]), vocab_size=vocab)
     recorded_generation(model, (PROMPTS * n_prompts)[:n_prompts], tokens, Path(out), True)
@@ -250,7 +250,7 @@ def main() -> None:
         rss_child(args.rss_child, args.prompts, args.out, args.vocab)
         return
 
-    from recorder.tinymodel import tiny_model_dir
+    from parity.recorder.tinymodel import tiny_model_dir
 
     model = tiny_model_dir(cache, vocab_size=args.vocab)
     prompts = (PROMPTS * args.prompts)[: args.prompts]

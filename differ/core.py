@@ -16,7 +16,7 @@ import numpy as np
 
 from parity.errors import ParityError, UsageError
 from parity.settings import settings
-from schemas.store import GENERATED, PROMPT, Store, available_cores, row_array_names
+from parity.schemas.store import GENERATED, PROMPT, Store, available_cores, row_array_names
 
 from . import metrics
 from .plan import KINDS, Pairs, Plan, blocks, build_plan, check_compatible

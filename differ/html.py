@@ -55,7 +55,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from parity.errors import UsageError
-from schemas.store import GENERATED, PROMPT
+from parity.schemas.store import GENERATED, PROMPT
 
 from .render import _baseline_label, _ratio_line, _thr, _tok, _x, fmt
 from .report import Report, sequence_slice

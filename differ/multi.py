@@ -159,7 +159,7 @@ def candidates_from(reference, source: str) -> list[Path]:
     and verified).
     """
     from parity.errors import GoldenNotFoundError, UsageError
-    from schemas import Store, stores_in
+    from parity.schemas import Store, stores_in
 
     digest = reference.manifest.digest
     local = Path(source).expanduser()
@@ -173,7 +173,7 @@ def candidates_from(reference, source: str) -> list[Path]:
         return [s.path for s in sorted(chosen, key=lambda s: (s.manifest.created_at, s.manifest.digest))]
     if source.count("/") != 1 or source.startswith((".", "/", "~")):
         raise UsageError(f"--candidates-from {source!r} is not a directory of stores or a Hub repo ORG/NAME")
-    import goldens
+    from parity import goldens
 
     entries = [e for e in goldens.list_goldens(source)
                if e.request_key == reference.manifest.request_key and e.digest != digest]

@@ -12,8 +12,8 @@ from typing import Iterable
 
 import numpy as np
 
-from schemas.manifest import Device, Manifest, ModelRef, Request, SequenceInfo
-from schemas.store import GENERATED, PROMPT, StoreWriter
+from parity.schemas.manifest import Device, Manifest, ModelRef, Request, SequenceInfo
+from parity.schemas.store import GENERATED, PROMPT, StoreWriter
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:

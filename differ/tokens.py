@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 from parity.errors import UsageError
-from schemas.store import Store
+from parity.schemas.store import Store
 
 log = logging.getLogger("parity")
 

@@ -22,9 +22,9 @@ from parity.errors import (
     StoreNotFoundError,
     UsageError,
 )
-from schemas.digest import parse_tagged
-from schemas.manifest import Manifest
-from schemas.store import STORE_SUFFIX, Store
+from parity.schemas.digest import parse_tagged
+from parity.schemas.manifest import Manifest
+from parity.schemas.store import STORE_SUFFIX, Store
 
 from . import card as card_
 from . import hub as hub_

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from urllib.parse import quote, unquote
 
 from parity.errors import UsageError
-from schemas.digest import ALGORITHM, parse_tagged
-from schemas.store import STORE_SUFFIX, store_name
+from parity.schemas.digest import ALGORITHM, parse_tagged
+from parity.schemas.store import STORE_SUFFIX, store_name
 
 SCHEME = "hf://"
 PREFIX = "hf://datasets/"

@@ -106,8 +106,8 @@ def record(
     no_color: NoColor = False,
 ) -> None:
     """Record full-vocabulary logprobs for every position into a new store."""
-    from recorder import EngineOptions, RecordConfig, record as run_record
-    from recorder.follow import resolve_golden
+    from parity.recorder import EngineOptions, RecordConfig, record as run_record
+    from parity.recorder.follow import resolve_golden
 
     sink = Output(progress=not settings().no_progress)
     if batch < 1 or tp < 1 or pp < 1 or dp < 1:
@@ -134,7 +134,7 @@ def record(
         _record_depths(cfg, depths, sink, reuse=reuse)
         return
     if dry_run:
-        from recorder.dryrun import dry_run as plan_dry_run
+        from parity.recorder.dryrun import dry_run as plan_dry_run
 
         with stdout_to_stderr():
             resolved = plan_dry_run(cfg)
@@ -161,7 +161,7 @@ def _recording_bar(sink: Output):
 
 
 def _record_depths(cfg, depths: str, sink: Output, *, reuse: bool) -> None:
-    from recorder.depths import record_depths
+    from parity.recorder.depths import record_depths
 
     def done(rec) -> None:
         sink.finish()
@@ -201,10 +201,10 @@ def diff(
     The reference is read once for all candidates. Exit 0: every candidate passes (or report only),
     1: any fails, 2: unusable input.
     """
-    import differ
-    from differ import multi
-    from differ.report import write_atomic
-    from schemas import Store
+    from parity import differ
+    from parity.differ import multi
+    from parity.differ.report import write_atomic
+    from parity.schemas import Store
 
     thresholds = _thresholds(tolerance, max_kl=max_kl, max_mean_kl=max_mean_kl, min_top1=min_top1, max_abs=max_abs)
     if max_floor_ratio is not None and baseline is None:
@@ -234,14 +234,14 @@ def diff(
 
 def _thresholds(tolerance: str | None, **explicit):
     """A named preset, with the explicitly given thresholds on top."""
-    import differ
+    from parity import differ
 
     given = differ.Thresholds(**explicit)
     return differ.Thresholds.preset(tolerance).merge(given) if tolerance else given
 
 
 def _print_diff(ref: Path, cand: Path, sink: Output, *, color: bool) -> None:
-    import differ
+    from parity import differ
 
     report = differ.diff(ref, cand)
     sink.note(differ.render_text(report, color=color and sink.is_tty))
@@ -252,7 +252,7 @@ def _resolve_any(ref: str, repo: str | None) -> Path:
     if local.exists():
         return local
     try:
-        import goldens
+        from parity import goldens
     except ImportError:
         return local
     if goldens.is_hub_reference(ref) or repo:
@@ -297,10 +297,10 @@ def bisect(
 
     Exit 0: no probed depth fails, 1: one does (named on the last line), 2: unusable input.
     """
-    import differ
-    from differ.report import write_atomic
-    from recorder import EngineOptions, RecordConfig
-    from recorder.bisect import bisect as run_bisect, render_html, render_text
+    from parity import differ
+    from parity.differ.report import write_atomic
+    from parity.recorder import EngineOptions, RecordConfig
+    from parity.recorder.bisect import bisect as run_bisect, render_html, render_text
 
     thresholds = _thresholds(tolerance, max_kl=max_kl, max_mean_kl=max_mean_kl, min_top1=min_top1, max_abs=max_abs)
     if batch < 1 or tp < 1 or pp < 1:
@@ -332,7 +332,7 @@ def bisect(
 @app.command()
 def show(store: StoreArg, json_out: JsonFlag = False, repo: RepoOpt = None) -> None:
     """Print a store's manifest summary (--json: the whole manifest)."""
-    from schemas import open_store
+    from parity.schemas import open_store
 
     s = open_store(_resolve_any(store, repo))
     m = s.manifest
@@ -366,7 +366,7 @@ def show(store: StoreArg, json_out: JsonFlag = False, repo: RepoOpt = None) -> N
 @app.command()
 def verify(store: StoreArg, repo: RepoOpt = None) -> None:
     """Re-derive every digest of a store; exit 1 if anything does not match."""
-    from schemas import open_store
+    from parity.schemas import open_store
 
     sink = Output()
     s = open_store(_resolve_any(store, repo))
@@ -386,8 +386,8 @@ def push(
     private: Annotated[bool, typer.Option("--private", help="Create the repository as private.")] = False,
 ) -> None:
     """Upload stores to a Hub dataset repository in one commit (those already there are skipped)."""
-    import goldens
-    from schemas import stores_in
+    from parity import goldens
+    from parity.schemas import stores_in
 
     sink = Output()
     results = goldens.push_many(stores_in(stores), repo, private=private)
@@ -407,7 +407,7 @@ def pull(
     revision: Annotated[Optional[str], typer.Option("--revision")] = None,
 ) -> None:
     """Download exactly one store into the Hugging Face cache and verify it."""
-    import goldens
+    from parity import goldens
 
     path = goldens.pull(ref, repo=repo, revision=revision)
     Output().result(str(path))
@@ -420,7 +420,7 @@ def list_goldens(
     json_out: JsonFlag = False,
 ) -> None:
     """List the goldens in a Hub repository without downloading arrays."""
-    import goldens
+    from parity import goldens
 
     entries = goldens.list_goldens(repo, model=model)
     sink = Output(json_mode=json_out)
@@ -442,7 +442,7 @@ def list_goldens(
 @app.command()
 def presets() -> None:
     """List the model presets."""
-    from recorder.presets import PRESETS
+    from parity.recorder.presets import PRESETS
 
     Output().result("\n".join(
         f"{p.name:<18} {p.model_id:<40} {'--ep' if p.expert_parallel else ''} {p.note}".rstrip()
@@ -458,7 +458,7 @@ def demo(
     no_color: NoColor = False,
 ) -> None:
     """Build a tiny local model, record a CPU golden, record a perturbed copy on its trajectory, diff."""
-    from recorder.demo import run_demo
+    from parity.recorder.demo import run_demo
 
     sink = Output(progress=not settings().no_progress)
     with stdout_to_stderr():

@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Callable
 
 from parity.errors import GoldenNotFoundError, UsageError
-from differ.render import fmt as _fmt
-from schemas import Manifest, Store, stores_in
+from parity.differ.render import fmt as _fmt
+from parity.schemas import Manifest, Store, stores_in
 
 from .depths import DepthRecording, at_depth, parse_depths, record_or_reuse
 from .record import RecordConfig
@@ -54,7 +54,7 @@ class GoldenAtDepth:
 
     def local(self) -> Path:
         if self.path is None:
-            import goldens
+            from parity import goldens
 
             self.path = goldens.pull(self.entry.ref())
         return self.path
@@ -130,7 +130,7 @@ class BisectResult:
         }
 
     def to_json(self) -> str:
-        from differ.report import jsonable
+        from parity.differ.report import jsonable
 
         return json.dumps(jsonable(self.to_dict()), indent=2, allow_nan=False) + "\n"
 
@@ -156,7 +156,7 @@ def _local_goldens(paths: list[str], total: int) -> list[GoldenAtDepth]:
 
 
 def _hub_goldens(repo: str, total: int) -> list[GoldenAtDepth]:
-    import goldens
+    from parity import goldens
 
     return [GoldenAtDepth(e.num_hidden_layers or total, e.digest, e.ref(), e.created_at, entry=e)
             for e in goldens.list_goldens(repo)]
@@ -187,7 +187,7 @@ def golden_set(refs: list[str], total: int, *, weights_digest: str | None, devic
         elif ref.count("/") == 1 and not ref.startswith((".", "/", "~")):
             found += _hub_goldens(ref, total)
         elif ref.startswith("hf://"):
-            import goldens
+            from parity import goldens
 
             path = goldens.resolve_store(ref)
             found += _local_goldens([str(path)], total)
@@ -219,7 +219,7 @@ def golden_set(refs: list[str], total: int, *, weights_digest: str | None, devic
 # -- the search --------------------------------------------------------------------
 def default_thresholds(thresholds, golden: Store):
     """The thresholds to judge each depth by: the user's, else the preset for the golden's dtype."""
-    from differ import Thresholds
+    from parity.differ import Thresholds
 
     if thresholds is not None and not thresholds.is_empty():
         return thresholds, "given"
@@ -232,7 +232,7 @@ def bisect(cfg: RecordConfig, golden_refs: list[str], *, thresholds=None, eps: f
            on_probe: Callable[[DepthResult], None] | None = None,
            note: Callable[[str], None] = log.info) -> BisectResult:
     """Finds the first depth whose candidate recording fails its diff against the golden at that depth."""
-    import differ
+    from parity import differ
 
     from parity.settings import settings
 

@@ -24,11 +24,11 @@ class DemoResult:
 
     def report_text(self, color: bool = False) -> str:
         if self.report is None:
-            from schemas import open_store
+            from parity.schemas import open_store
 
             m = open_store(self.candidate).manifest
             return f"candidate recorded: {m.generated_positions} positions (differ not available)"
-        import differ
+        from parity import differ
 
         return differ.render_text(self.report, color=color)
 
@@ -47,7 +47,7 @@ def run_demo(*, out: Path | None, max_tokens: int, perturb: float,
     cand = record(RecordConfig(model=str(perturbed), golden=golden.path, out=out, engine=engine), progress)
     note(f"candidate: {cand.path}")
     try:
-        import differ
+        from parity import differ
 
         report = differ.diff(golden.path, cand.path)
     except (ImportError, AttributeError):

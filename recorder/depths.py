@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Callable
 
 from parity.errors import ParityError, UsageError
-from schemas import Manifest, Store
+from parity.schemas import Manifest, Store
 
 from .record import Plan, RecordConfig, plan_recording, record
 from .sink import Progress

@@ -22,7 +22,7 @@ def resolve_golden(cfg: RecordConfig, ref: str, *, repo: str | None = None) -> t
     local = Path(ref).expanduser()
     if local.exists():
         return local, []
-    import goldens
+    from parity import goldens
 
     if goldens.is_hub_reference(ref) or repo:
         return goldens.resolve_store(ref, repo=repo), []

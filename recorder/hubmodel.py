@@ -45,7 +45,7 @@ from huggingface_hub.errors import (
 from huggingface_hub.file_download import repo_folder_name
 from huggingface_hub.utils import tqdm as hf_tqdm
 
-from goldens.hub import NETWORK_ERRORS, http_status, short_error
+from parity.goldens.hub import NETWORK_ERRORS, http_status, short_error
 from parity.errors import HubAuthError, HubError, ModelNotFoundError, ParityError
 from parity.output import human_bytes
 from parity.settings import settings

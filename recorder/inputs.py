@@ -15,8 +15,8 @@ from pathlib import Path
 import xxhash
 
 from parity.errors import ModelNotFoundError, PromptError, UsageError
-from schemas import Request
-from schemas.digest import canonical_json, digest_bytes, tag
+from parity.schemas import Request
+from parity.schemas.digest import canonical_json, digest_bytes, tag
 
 from .presets import BUILTIN_TINY, DEFAULT_PROMPTS, PRESETS
 

@@ -27,8 +27,8 @@ import numpy as np
 import parity
 from parity.errors import EngineError, GoldenMismatchError, OutputNotWritableError, PromptError, UsageError
 from parity.settings import recorded_env, settings
-from schemas import Device, Manifest, ModelRef, Request, SequenceInfo, Store
-from schemas.store import GENERATED, PROMPT
+from parity.schemas import Device, Manifest, ModelRef, Request, SequenceInfo, Store
+from parity.schemas.store import GENERATED, PROMPT
 
 from .devices import EngineOptions, get_profile
 from .devices.base import TRUNCATE_CHECKPOINT, TRUNCATE_HF_OVERRIDES

@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Callable
 
 from parity.errors import EngineError
-from schemas import Manifest
-from schemas.store import TMP_PREFIX
+from parity.schemas import Manifest
+from parity.schemas.store import TMP_PREFIX
 
 from .sink import Progress, RowSink, SinkStats, read_progress
 

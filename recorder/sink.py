@@ -19,8 +19,8 @@ from typing import Callable
 
 import numpy as np
 
-from schemas import Manifest, StoreWriter
-from schemas.store import GENERATED, PROMPT
+from parity.schemas import Manifest, StoreWriter
+from parity.schemas.store import GENERATED, PROMPT
 
 PROGRESS_INTERVAL_S = 0.1
 # A worker's progress, for a recorder in another process: two little-endian

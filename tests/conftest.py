@@ -22,14 +22,14 @@ def parity_cache(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_model(parity_cache):
-    from recorder.tinymodel import tiny_model_dir
+    from parity.recorder.tinymodel import tiny_model_dir
 
     return tiny_model_dir(parity_cache)
 
 
 @pytest.fixture(scope="session")
 def perturbed_model(parity_cache):
-    from recorder.tinymodel import tiny_model_dir
+    from parity.recorder.tinymodel import tiny_model_dir
 
     return tiny_model_dir(parity_cache, perturb=0.05)
 
@@ -46,7 +46,7 @@ ENGINE_MAX_TOKENS = 12
 
 @pytest.fixture(scope="session")
 def engine_options():
-    from recorder import EngineOptions
+    from parity.recorder import EngineOptions
 
     return EngineOptions(max_model_len=256)
 
@@ -54,7 +54,7 @@ def engine_options():
 @pytest.fixture(scope="session")
 def golden(tiny_model, engine_options, tmp_path_factory):
     """A CPU golden of the tiny model: full vocabulary, prompt positions on, batch 1."""
-    from recorder import RecordConfig, record
+    from parity.recorder import RecordConfig, record
 
     out = tmp_path_factory.mktemp("golden")
     return record(RecordConfig(model=str(tiny_model), prompts=ENGINE_PROMPTS, max_tokens=ENGINE_MAX_TOKENS,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from schemas import Store
+from parity.schemas import Store
 from tests.cli_run import parity
 
 
@@ -111,7 +111,7 @@ def test_record_prints_the_store_path_last_and_show_verify_read_it(tmp_path, tin
 def _synthetic_pair(tmp_path, noise: float, vocab_b: int | None = None):
     import numpy as np
 
-    from differ.testing import SeqData, StoreSpec, greedy_tokens, log_softmax, write_store
+    from parity.differ.testing import SeqData, StoreSpec, greedy_tokens, log_softmax, write_store
 
     rng = np.random.default_rng(7)
     logits = rng.normal(0, 3, (6, 64))

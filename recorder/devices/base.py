@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from schemas import Request
+    from parity.schemas import Request
 
 
 @dataclass(frozen=True)

@@ -107,7 +107,7 @@ from parity.errors import DeviceUnavailableError, UsageError
 from .base import TRUNCATE_HF_OVERRIDES, TRUNCATE_PLUGIN_ENV, DeviceProfile, EngineOptions, module_available
 
 if TYPE_CHECKING:
-    from schemas import Request
+    from parity.schemas import Request
 
 PATH_AUTO = "auto"
 PATH_VLLM = "vllm-model"

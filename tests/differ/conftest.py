@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from differ.testing import DEFAULT_PROMPT as PROMPT
-from differ.testing import SeqData, StoreSpec, greedy_tokens, write_store
+from parity.differ.testing import DEFAULT_PROMPT as PROMPT
+from parity.differ.testing import SeqData, StoreSpec, greedy_tokens, write_store
 
 V = 512
 

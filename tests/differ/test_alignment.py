@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from scipy import special
 
-import differ
-from differ.testing import DEFAULT_PROMPT as PROMPT
-from differ.testing import pair_rows
+from parity import differ
+from parity.differ.testing import DEFAULT_PROMPT as PROMPT
+from parity.differ.testing import pair_rows
 
 
 def kl_rows(lr, lc):

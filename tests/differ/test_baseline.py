@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from scipy import special
 
-import differ
-from differ import Thresholds
-from differ.testing import log_softmax
+from parity import differ
+from parity.differ import Thresholds
+from parity.differ.testing import log_softmax
 from parity.errors import IncompatibleStoresError, ParityError, UsageError
 
 V = 512
@@ -154,7 +154,7 @@ def test_zero_floor_warning_and_ratio_semantics(make_store, rng, trio):
 
 
 def test_ratio_function():
-    from differ.floor import ratio
+    from parity.differ.floor import ratio
 
     assert ratio(3.0, 1.5) == 2.0
     assert ratio(0.0, 0.0) == 1.0 and ratio(2.0, 0.0) == math.inf and ratio(0.0, 2.0) == 0.0

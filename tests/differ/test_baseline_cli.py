@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from differ.testing import SeqData, StoreSpec, greedy_tokens, log_softmax, write_store
+from parity.differ.testing import SeqData, StoreSpec, greedy_tokens, log_softmax, write_store
 from tests.cli_run import parity
 
 

@@ -9,12 +9,12 @@ from collections import Counter
 import numpy as np
 import pytest
 
-import differ
-from differ import core
-from differ.plan import Pairs, blocks
-from differ.testing import log_softmax, topn_of
+from parity import differ
+from parity.differ import core
+from parity.differ.plan import Pairs, blocks
+from parity.differ.testing import log_softmax, topn_of
 from parity.errors import IncompatibleStoresError, UsageError
-from schemas.store import GENERATED, PROMPT, Store
+from parity.schemas.store import GENERATED, PROMPT, Store
 
 V = 512
 ROWS = (45, 7, 30)

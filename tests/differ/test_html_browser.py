@@ -21,12 +21,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import differ
-from differ import core
-from differ.html import DETAIL_CAP, LP_BITS
-from differ.testing import SeqData, StoreSpec, log_softmax, write_store
+from parity import differ
+from parity.differ import core
+from parity.differ.html import DETAIL_CAP, LP_BITS
+from parity.differ.testing import SeqData, StoreSpec, log_softmax, write_store
 from parity.errors import UsageError
-from schemas.store import GENERATED, PROMPT
+from parity.schemas.store import GENERATED, PROMPT
 
 PROMPT_IDS = [3, 1, 4, 1, 5]
 DRIFT_AT = 12  # generated index from which the drifting candidate drifts in sequence 0 ...
@@ -70,7 +70,7 @@ def _stores(root: Path, *, seqs: int, length: int, vocab: int, prompt: bool = Tr
         return path
 
     ref = store("ref", [log_softmax(g) for g in logits], None if plogits is None else [log_softmax(p) for p in plogits])
-    from schemas.store import Store
+    from parity.schemas.store import Store
 
     golden = Store.open(ref).manifest.digest
 
@@ -143,7 +143,7 @@ def page_data(page: str) -> tuple[dict, dict[str, np.ndarray]]:
 
 def test_detail_data_is_the_stores_top5(small):
     paths, reports, _ = small
-    from schemas.store import Store
+    from parity.schemas.store import Store
 
     page = differ.render_html(reports)
     meta, arrays = page_data(page)
@@ -237,7 +237,7 @@ def test_details_are_the_same_on_both_kernels(small):
 
 
 def test_topn_details(tmp_path, make_store, rng):
-    from differ.testing import topn_of
+    from parity.differ.testing import topn_of
 
     V = 128
     ref_rows = [log_softmax(rng.standard_normal((9, V)) * 3).astype(np.float32)]
@@ -274,7 +274,7 @@ def test_page_keeps_the_summaries(small):
     assert "Trend across candidates" not in one
     three = differ.render_html(reports)
     assert "Trend across candidates" in three
-    from differ import multi
+    from parity.differ import multi
 
     for label in multi.labels(reports):
         assert label in three
@@ -307,7 +307,7 @@ def big(tmp_path_factory):
 
 
 def test_round_bits():
-    from differ.html import _round_bits
+    from parity.differ.html import _round_bits
 
     x = np.array([-1.2345678, -1e-7, -30.123456, 0.0, np.nan, -np.inf, np.inf], np.float32)
     r = _round_bits(x)

@@ -8,8 +8,8 @@ import shutil
 import numpy as np
 import pytest
 
-import differ
-from differ.testing import pair_rows
+from parity import differ
+from parity.differ.testing import pair_rows
 from parity.errors import (
     IncompatibleStoresError,
     NotAStoreError,

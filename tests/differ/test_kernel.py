@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from scipy import special, stats
 
-from differ import metrics
-from differ.testing import log_softmax, pair_rows
+from parity.differ import metrics
+from parity.differ.testing import log_softmax, pair_rows
 
 EPS = 0.5
 

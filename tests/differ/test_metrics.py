@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from scipy import special, stats
 
-import differ
-from differ import core, metrics
-from differ.testing import DEFAULT_PROMPT as PROMPT
-from differ.testing import log_softmax, pair_rows
+from parity import differ
+from parity.differ import core, metrics
+from parity.differ.testing import DEFAULT_PROMPT as PROMPT
+from parity.differ.testing import log_softmax, pair_rows
 
 V = 512
 # The C kernel and the numpy kernel (its fallback without a C compiler) are

@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 
-import differ
-from differ import multi
-from differ.testing import SeqData, StoreSpec, greedy_tokens, log_softmax, write_store
+from parity import differ
+from parity.differ import multi
+from parity.differ.testing import SeqData, StoreSpec, greedy_tokens, log_softmax, write_store
 from tests.cli_run import parity
 
 

@@ -10,9 +10,9 @@ import sys
 import numpy as np
 import pytest
 
-import differ
-from differ import TOLERANCE_PRESETS, Thresholds
-from differ.testing import pair_rows
+from parity import differ
+from parity.differ import TOLERANCE_PRESETS, Thresholds
+from parity.differ.testing import pair_rows
 from parity.errors import UsageError
 
 
@@ -104,7 +104,7 @@ def test_render_text_and_html(report_pair):
 
 
 def test_store_objects_accepted(report_pair):
-    from schemas.store import Store
+    from parity.schemas.store import Store
 
     ref, cand = report_pair
     r = differ.diff(Store.open(ref), Store.open(cand))

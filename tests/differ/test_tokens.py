@@ -8,10 +8,10 @@ import sys
 import numpy as np
 import pytest
 
-import differ
-from differ.testing import log_softmax
+from parity import differ
+from parity.differ.testing import log_softmax
 from parity.errors import UsageError
-from schemas.store import Store
+from parity.schemas.store import Store
 
 tokenizers = pytest.importorskip("tokenizers")
 VOCAB = {"hello": 0, "world": 1, "<eos>": 2, " the": 3}

@@ -21,8 +21,8 @@ import pytest  # noqa: E402
 from huggingface_hub.utils._runtime import is_xet_available  # noqa: E402
 
 from hub_server import READ, READ_TOKEN, WRITE, WRITE_TOKEN, HubServer  # noqa: E402
-from schemas.manifest import Device, Manifest, ModelRef, Request, SequenceInfo  # noqa: E402
-from schemas.store import StoreWriter  # noqa: E402
+from parity.schemas.manifest import Device, Manifest, ModelRef, Request, SequenceInfo  # noqa: E402
+from parity.schemas.store import StoreWriter  # noqa: E402
 
 VOCAB = 64
 

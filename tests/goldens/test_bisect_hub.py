@@ -12,7 +12,7 @@ import json
 
 import pytest
 
-from schemas import Store
+from parity.schemas import Store
 from tests.cli_run import parity
 
 LAYERS = 4
@@ -21,7 +21,7 @@ DRIFT_LAYER = 2  # binary search probes depths 4, 2, 3: depth 1's golden is neve
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    from recorder.tinymodel import build_tiny_model, perturb_layer
+    from parity.recorder.tinymodel import build_tiny_model, perturb_layer
 
     root = tmp_path_factory.mktemp("models")
     good = build_tiny_model(root / "good", num_layers=LAYERS, vocab_size=512)

@@ -18,14 +18,14 @@ from pathlib import Path
 import pytest
 from huggingface_hub import CommitOperationAdd, DatasetCard, HfApi, hf_hub_download
 
-import goldens
-import goldens.core
-import goldens.hub
+from parity import goldens
+import parity.goldens.core  # noqa: F401  (loads the submodule read below)
+import parity.goldens.hub  # noqa: F401  (loads the submodule read below)
 from hub_server import WRITE_TOKEN
-from goldens.card import END, START
-from goldens.refs import index_path
+from parity.goldens.card import END, START
+from parity.goldens.refs import index_path
 from parity.errors import HubError
-from schemas.store import Store
+from parity.schemas.store import Store
 
 REPO = "org/goldens"
 ROOT = Path(__file__).resolve().parents[2]

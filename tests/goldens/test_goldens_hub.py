@@ -10,10 +10,10 @@ import sys
 import httpx2
 import pytest
 
-import goldens
-import goldens.hub
+from parity import goldens
+import parity.goldens.hub  # noqa: F401  (loads the submodule read below)
 from hub_server import READ_TOKEN
-from goldens import HubRef, is_hub_reference
+from parity.goldens import HubRef, is_hub_reference
 from parity.errors import (
     GoldenNotFoundError,
     HubAuthError,
@@ -23,7 +23,7 @@ from parity.errors import (
     StoreNotFoundError,
     UsageError,
 )
-from schemas.store import Store
+from parity.schemas.store import Store
 
 REPO = "org/goldens"
 
@@ -408,11 +408,11 @@ def test_record_golden_repo_finds_a_schema_1_golden_by_its_file_byte_key(hub, ti
 
     import numpy as np
 
-    from recorder import EngineOptions, RecordConfig
-    from recorder.inputs import legacy_tokenizer_digest
-    from recorder.record import plan_recording
-    from schemas.manifest import Device, Manifest, SequenceInfo
-    from schemas.store import StoreWriter
+    from parity.recorder import EngineOptions, RecordConfig
+    from parity.recorder.inputs import legacy_tokenizer_digest
+    from parity.recorder.record import plan_recording
+    from parity.schemas.manifest import Device, Manifest, SequenceInfo
+    from parity.schemas.store import StoreWriter
 
     cfg = RecordConfig(model=str(tiny_model), prompts=["Hello"], max_tokens=2, out=tmp_path / "out",
                        engine=EngineOptions(max_model_len=64))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from schemas import Store
+from parity.schemas import Store
 from tests.cli_run import parity
 
 

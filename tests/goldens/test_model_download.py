@@ -17,9 +17,9 @@ import pytest
 from hub_server import READ_TOKEN
 
 from parity.errors import HubAuthError, ModelNotFoundError, UsageError
-from recorder.hubmodel import select_files
-from recorder.inputs import resolve_model, weights_digest
-from schemas import Store
+from parity.recorder.hubmodel import select_files
+from parity.recorder.inputs import resolve_model, weights_digest
+from parity.schemas import Store
 from tests.cli_run import parity
 
 REPO = "org/tiny"

@@ -26,7 +26,7 @@ def main(plan_path: str) -> None:
     from vllm import LLM, SamplingParams
     from vllm.inputs import TokensPrompt
 
-    from recorder.capture import CaptureProcessor
+    from parity.recorder.capture import CaptureProcessor
 
     llm = LLM(logits_processors=[CaptureProcessor], **plan["engine_args"])
     from vllm.platforms import current_platform

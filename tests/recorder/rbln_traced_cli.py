@@ -27,8 +27,8 @@ from collections import Counter
 
 
 def _install(trace: dict) -> None:
-    from recorder.sink import RowSink
-    from schemas import store
+    from parity.recorder.sink import RowSink
+    from parity.schemas import store
 
     finished: Counter = Counter()
     ended: set[int] = set()

@@ -15,11 +15,11 @@ import sys
 import numpy as np
 import pytest
 
-from recorder import EngineOptions, RecordConfig
-from recorder.bisect import bisect
-from recorder.depths import record_depths
-from recorder.record import plan_recording
-from schemas import GENERATED, PROMPT, Store
+from parity.recorder import EngineOptions, RecordConfig
+from parity.recorder.bisect import bisect
+from parity.recorder.depths import record_depths
+from parity.recorder.record import plan_recording
+from parity.schemas import GENERATED, PROMPT, Store
 
 pytestmark = pytest.mark.engine
 
@@ -31,7 +31,7 @@ MAX_TOKENS = 6
 
 @pytest.fixture(scope="module")
 def deep_model(tmp_path_factory):
-    from recorder.tinymodel import build_tiny_model
+    from parity.recorder.tinymodel import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("models") / "deep", num_layers=LAYERS)
 
@@ -39,7 +39,7 @@ def deep_model(tmp_path_factory):
 @pytest.fixture(scope="module")
 def drifting_model(deep_model, tmp_path_factory):
     """deep_model with layer DRIFT_LAYER's matrices perturbed by 30% of their mean magnitude."""
-    from recorder.tinymodel import perturb_layer
+    from parity.recorder.tinymodel import perturb_layer
 
     return perturb_layer(deep_model, tmp_path_factory.mktemp("models") / "drifting", DRIFT_LAYER)
 
@@ -158,7 +158,7 @@ def test_a_qwen2_model_with_tied_embeddings_and_layer_types_is_cut_too(deep_mode
     import torch
     from transformers import AutoModelForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
-    from recorder import record
+    from parity.recorder import record
 
     qwen = tmp_path / "qwen2"
     config = Qwen2Config(vocab_size=4096, hidden_size=128, intermediate_size=256, num_hidden_layers=3,

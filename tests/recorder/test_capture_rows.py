@@ -10,10 +10,10 @@ import torch
 from vllm import SamplingParams
 from vllm.v1.sample.logits_processor import BatchUpdate, MoveDirectionality
 
-from recorder import capture
-from recorder.capture import EXTRA_KEY, CaptureProcessor
-from recorder.sink import RowSink, WriterSpec
-from schemas import GENERATED, Device, Manifest, ModelRef, Request, SequenceInfo, Store
+from parity.recorder import capture
+from parity.recorder.capture import EXTRA_KEY, CaptureProcessor
+from parity.recorder.sink import RowSink, WriterSpec
+from parity.schemas import GENERATED, Device, Manifest, ModelRef, Request, SequenceInfo, Store
 
 VOCAB = 50
 STEPS = 3
@@ -74,7 +74,7 @@ def _aligned_sink(tmp_path, lengths: list[int], lanes: int) -> RowSink:
 
 def _spy_shard_writes(monkeypatch) -> list[tuple[int, int]]:
     """(first row, shard rows) of every shard write; a first row inside a shard is a zarr read-modify-write."""
-    from schemas import store as store_module
+    from parity.schemas import store as store_module
 
     calls: list[tuple[int, int]] = []
     original = store_module._ShardFiles.write

@@ -7,12 +7,12 @@ import json
 import pytest
 
 from parity.errors import DeviceUnavailableError, ModelNotFoundError, PromptError, UsageError
-from recorder import EngineOptions, get_profile
-from recorder.devices import PROFILES
-from recorder.devices.base import DeviceProfile
-from recorder.inputs import load_prompts, resolve_model, tokenizer_digest, weights_digest
-from recorder.presets import DEFAULT_PROMPTS, PRESETS
-from schemas import ModelRef, Request
+from parity.recorder import EngineOptions, get_profile
+from parity.recorder.devices import PROFILES
+from parity.recorder.devices.base import DeviceProfile
+from parity.recorder.inputs import load_prompts, resolve_model, tokenizer_digest, weights_digest
+from parity.recorder.presets import DEFAULT_PROMPTS, PRESETS
+from parity.schemas import ModelRef, Request
 
 
 def _request(prompt_logprobs: bool = False) -> Request:
@@ -146,7 +146,7 @@ def test_rbln_unavailable_here_is_a_clear_error():
 
 
 def test_rbln_refuses_vllm_plugins_that_leave_its_plugins_out(no_npu_env):
-    import recorder.devices.rbln as rbln_module
+    import parity.recorder.devices.rbln as rbln_module
 
     no_npu_env.setattr(rbln_module, "module_available", lambda name: True)
     rbln = get_profile("rbln")

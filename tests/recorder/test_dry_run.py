@@ -103,7 +103,7 @@ def test_cpu_dry_run_and_the_request_key_is_device_independent(tmp_path, tiny_mo
 @pytest.fixture(scope="module")
 def hf_store(tiny_model, tmp_path_factory):
     """A real store, recorded cheaply with transformers (no vLLM): its request key is the reference."""
-    from recorder import RecordConfig, record
+    from parity.recorder import RecordConfig, record
 
     return record(RecordConfig(model=str(tiny_model), device="hf", prompts=list(PROMPTS[1::2]), max_tokens=MAX_TOKENS,
                                prompt_logprobs=False, out=tmp_path_factory.mktemp("hf-store")))
@@ -184,8 +184,8 @@ def test_rbln_options_on_another_device_are_refused(tmp_path, tiny_model):
 def test_dry_run_imports_no_vllm(tmp_path, tiny_model):
     code = f"""
 import sys
-from recorder import EngineOptions, RecordConfig
-from recorder.dryrun import dry_run
+from parity.recorder import EngineOptions, RecordConfig
+from parity.recorder.dryrun import dry_run
 for device in ("rbln", "cpu"):
     plan = dry_run(RecordConfig(model={str(tiny_model)!r}, device=device, prompts=["Hi"], max_tokens=2,
                                 out={str(tmp_path)!r}, engine=EngineOptions(max_model_len=128)))

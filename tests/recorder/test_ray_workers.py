@@ -24,9 +24,9 @@ import numpy as np
 import pytest
 import ray
 
-from recorder.rows import EngineRows
-from recorder.sink import WriterSpec
-from schemas import GENERATED, Device, Manifest, ModelRef, Request, SequenceInfo, Store
+from parity.recorder.rows import EngineRows
+from parity.recorder.sink import WriterSpec
+from parity.schemas import GENERATED, Device, Manifest, ModelRef, Request, SequenceInfo, Store
 
 pytestmark = pytest.mark.engine
 
@@ -77,7 +77,7 @@ def _decode(wrapper, seqs_by_index: dict[int, int], steps: int):
     from vllm import SamplingParams
     from vllm.v1.sample.logits_processor import BatchUpdate
 
-    from recorder.capture import EXTRA_KEY, CaptureProcessor
+    from parity.recorder.capture import EXTRA_KEY, CaptureProcessor
 
     proc = CaptureProcessor(None, torch.device("cpu"), False)
     outputs = {i: [] for i in seqs_by_index}

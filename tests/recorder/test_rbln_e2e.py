@@ -106,7 +106,7 @@ def work(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def models(work) -> dict[str, Path]:
     """A 4-layer tiny Llama; a copy with other weights (the golden's trajectory); one with layer 2 perturbed."""
-    from recorder.tinymodel import build_tiny_model, perturb_layer
+    from parity.recorder.tinymodel import build_tiny_model, perturb_layer
 
     deep = build_tiny_model(work / "models" / "deep", num_layers=LAYERS)
     other = build_tiny_model(work / "models" / "other", num_layers=LAYERS, perturb=0.5)
@@ -148,7 +148,7 @@ def assert_equals_reference(work: Path, ref: Path, cand: Path, trace: dict | Non
 
     Prints one line of figures (make test-vllm030 shows them with -rP).
     """
-    from schemas import Store
+    from parity.schemas import Store
 
     report_path = work / f"diff-{cand.name}.json"
     parity("diff", str(ref), str(cand), "--max-kl", str(ALLOWED_KL), "--min-top1", "1.0",
@@ -167,7 +167,7 @@ def assert_equals_reference(work: Path, ref: Path, cand: Path, trace: dict | Non
 
 
 def assert_recorded_on_the_standin(store: Path, golden: Path) -> dict:
-    from schemas import Store
+    from parity.schemas import Store
 
     manifest = Store.open(store).manifest
     assert manifest.device.kind == "rbln"
@@ -203,14 +203,14 @@ def test_batch_4_prefill_admissions_pause_the_decode_batch_and_rows_stay_whole(w
 def test_tensor_parallel_2(work, models, golden, hf_reference):
     store, _trace = record_rbln(work, models, golden, "--tp", "2")
     assert_recorded_on_the_standin(store, golden)
-    from schemas import Store
+    from parity.schemas import Store
 
     assert Store.open(store).manifest.run["executor"] == "mp"  # rows captured in a worker process
     assert_equals_reference(work, hf_reference, store)
 
 
 def test_a_block_size_dividing_max_model_len_with_prompts_over_several_blocks(work, models, golden, hf_reference):
-    from schemas import Store
+    from parity.schemas import Store
 
     block = 16
     longest = max(s.prompt_len for s in Store.open(golden).manifest.sequences)
@@ -227,7 +227,7 @@ def test_a_block_size_dividing_max_model_len_with_prompts_over_several_blocks(wo
 def test_num_hidden_layers_through_the_plugins_own_layer_limit(work, models, golden):
     depth = 2
     store, _trace = record_rbln(work, models, golden, "--num-hidden-layers", str(depth))
-    from schemas import Store
+    from parity.schemas import Store
 
     manifest = Store.open(store).manifest
     assert manifest.request.num_hidden_layers == depth
@@ -239,7 +239,7 @@ def test_num_hidden_layers_through_the_plugins_own_layer_limit(work, models, gol
 
 
 def test_bisect_on_rbln_names_the_perturbed_layer_against_cpu_goldens_at_depths(work, models):
-    from schemas import Store
+    from parity.schemas import Store
 
     goldens = work / "depth-goldens"
     parity("record", "--device", "cpu", "--model", str(models["deep"]), "--depths", "every",

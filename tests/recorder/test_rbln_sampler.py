@@ -78,7 +78,7 @@ def rbln():
         from vllm_rbln.v1.sample.rbln_logits_processor import build_rbln_logitsprocs
         from vllm_rbln.v1.sample.rbln_sampler import RBLNSampler
 
-        from recorder import capture
+        from parity.recorder import capture
 
         # torch's structured-trace logger (meant not to propagate) would flood pytest's failure reports.
         logging.getLogger("torch.__trace").propagate = False

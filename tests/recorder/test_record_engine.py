@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from recorder import EngineOptions, RecordConfig, record
-from schemas import GENERATED, PROMPT, Store
+from parity.recorder import EngineOptions, RecordConfig, record
+from parity.schemas import GENERATED, PROMPT, Store
 from tests.conftest import ENGINE_MAX_TOKENS, ENGINE_PROMPTS
 
 pytestmark = pytest.mark.engine

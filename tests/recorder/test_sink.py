@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from parity.errors import UsageError
-from recorder import EngineOptions, get_profile
-from recorder.devices.cpu import THREADS_BIND, allowed_cpus, numa_nodes, threads_bind
-from recorder.sink import PROGRESS_FILE, RowSink, WriterSpec, read_progress
-from schemas import GENERATED, PROMPT, Device, Manifest, ModelRef, Request, SequenceInfo, Store
+from parity.recorder import EngineOptions, get_profile
+from parity.recorder.devices.cpu import THREADS_BIND, allowed_cpus, numa_nodes, threads_bind
+from parity.recorder.sink import PROGRESS_FILE, RowSink, WriterSpec, read_progress
+from parity.schemas import GENERATED, PROMPT, Device, Manifest, ModelRef, Request, SequenceInfo, Store
 
 
 def _manifest(vocab: int, nan_rows: int) -> Manifest:

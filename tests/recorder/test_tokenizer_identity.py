@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 
 from parity.errors import GoldenMismatchError
-from recorder.inputs import legacy_request_key, legacy_tokenizer_digest, tokenizer_digest, tokenizer_identity
-from recorder.record import RecordConfig, plan_recording
-from schemas import GENERATED, Device, Manifest, SequenceInfo, Store, StoreWriter
+from parity.recorder.inputs import legacy_request_key, legacy_tokenizer_digest, tokenizer_digest, tokenizer_identity
+from parity.recorder.record import RecordConfig, plan_recording
+from parity.schemas import GENERATED, Device, Manifest, SequenceInfo, Store, StoreWriter
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model")
 PROMPTS = ["Hello, my name is", "The capital of France is"]
@@ -211,7 +211,7 @@ def test_sections_cover_changes_the_probe_texts_miss(original, tmp_path, change)
 
 
 def test_merges_compare_equal_in_the_old_and_new_serialisation():
-    from recorder.inputs import _model_section
+    from parity.recorder.inputs import _model_section
 
     old = {"type": "BPE", "vocab": {"a": 0, "b": 1, "ab": 2}, "merges": ["a b"]}  # tokenizers < 0.20
     assert _model_section(old) == _model_section({**old, "merges": [["a", "b"]]})
@@ -219,7 +219,7 @@ def test_merges_compare_equal_in_the_old_and_new_serialisation():
 
 
 def test_model_options_a_newer_tokenizers_writes_at_their_off_value_are_ignored():
-    from recorder.inputs import _model_section
+    from parity.recorder.inputs import _model_section
 
     older = {"type": "BPE", "vocab": {"a": 0}, "merges": [], "dropout": None, "fuse_unk": False}
     newer = {**older, "ignore_merges": False, "byte_fallback": False}
@@ -230,7 +230,7 @@ def test_model_options_a_newer_tokenizers_writes_at_their_off_value_are_ignored(
 def test_spec_lists_the_probe_texts_the_code_encodes():
     import re
 
-    from recorder.inputs import PROBE_TEXTS
+    from parity.recorder.inputs import PROBE_TEXTS
 
     spec = (Path(__file__).parents[2] / "schemas" / "SPEC.md").read_text()
     block = re.search(r"PROBE_TEXTS.*?```json\n(.*?)```", spec, re.S).group(1)
@@ -240,7 +240,7 @@ def test_spec_lists_the_probe_texts_the_code_encodes():
 def test_sentencepiece_only_directory_converts_and_matches_its_fast_resave(tmp_path):
     import sentencepiece as spm
 
-    from recorder.tinymodel import CORPUS
+    from parity.recorder.tinymodel import CORPUS
 
     sp = tmp_path / "sp"
     sp.mkdir()

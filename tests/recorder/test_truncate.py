@@ -11,11 +11,11 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from parity.errors import UsageError
-from recorder import EngineOptions, RecordConfig, get_profile
-from recorder.depths import parse_depths
-from recorder.record import _engine_kwargs
-from recorder.tinymodel import build_tiny_model
-from recorder.truncate import Depth, config_overrides, layer_count, resolve_depth, truncated_dir
+from parity.recorder import EngineOptions, RecordConfig, get_profile
+from parity.recorder.depths import parse_depths
+from parity.recorder.record import _engine_kwargs
+from parity.recorder.tinymodel import build_tiny_model
+from parity.recorder.truncate import Depth, config_overrides, layer_count, resolve_depth, truncated_dir
 
 LAYERS = 4
 
@@ -150,7 +150,7 @@ def test_bad_depth_specs_are_usage_errors(spec):
 
 
 def test_rbln_cuts_layers_the_way_the_plugin_supports(no_npu_env, four_layers):
-    from recorder.devices.base import TRUNCATE_CHECKPOINT, TRUNCATE_HF_OVERRIDES, TRUNCATE_PLUGIN_ENV
+    from parity.recorder.devices.base import TRUNCATE_CHECKPOINT, TRUNCATE_HF_OVERRIDES, TRUNCATE_PLUGIN_ENV
 
     rbln = get_profile("rbln")
     vllm_path = EngineOptions(num_hidden_layers=2, rbln_path="vllm-model")
@@ -170,7 +170,7 @@ def test_rbln_cuts_layers_the_way_the_plugin_supports(no_npu_env, four_layers):
 
 
 def test_rbln_refuses_a_layer_limit_the_store_would_not_record(no_npu_env):
-    from schemas import ModelRef, Request
+    from parity.schemas import ModelRef, Request
 
     request = Request(model=ModelRef(id="m"), prompts=((1, 2),), max_tokens=2, logprobs=-1, prompt_logprobs=False,
                       dtype="float32", max_model_len=1024, seed=0)
@@ -185,7 +185,7 @@ def test_rbln_refuses_a_layer_limit_the_store_would_not_record(no_npu_env):
 
 
 def test_dry_run_shows_the_depth_and_the_full_count_is_the_plain_request(four_layers, tmp_path):
-    from recorder.dryrun import dry_run
+    from parity.recorder.dryrun import dry_run
 
     def plan(**engine):
         return dry_run(RecordConfig(model=str(four_layers), prompts=["hi there"], max_tokens=2, out=tmp_path,

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from schemas import Store, StoreWriter, directio
-from schemas.store import GENERATED
+from parity.schemas import Store, StoreWriter, directio
+from parity.schemas.store import GENERATED
 
 from test_store_format import deterministic_rows, write_deterministic  # tests/schemas is on sys.path
 

@@ -22,12 +22,12 @@ import pytest
 import zarr
 from zarr.storage import LocalStore
 
-import differ
-from differ.testing import SeqData, StoreSpec, build_manifest
+from parity import differ
+from parity.differ.testing import SeqData, StoreSpec, build_manifest
 from parity.errors import StoreCorruptError
-from schemas import store as store_mod
-from schemas.shards import EMPTY, ArrayReader
-from schemas.store import GENERATED, PROMPT, Store, StoreWriter, row_array_names
+from parity.schemas import store as store_mod
+from parity.schemas.shards import EMPTY, ArrayReader
+from parity.schemas.store import GENERATED, PROMPT, Store, StoreWriter, row_array_names
 
 ROOT = Path(__file__).resolve().parents[2]
 V = 40
@@ -404,7 +404,7 @@ def test_parity_fast_read_setting():
 
 
 def test_metadata_parsing_refuses_what_it_does_not_know(tmp_path):
-    from schemas.shards import Unsupported
+    from parity.schemas.shards import Unsupported
 
     path = write(tmp_path, "packed")
     meta = json.loads((path / "logprobs" / "zarr.json").read_text())

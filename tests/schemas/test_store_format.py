@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 
 from parity.errors import NotAStoreError, SchemaVersionError, StoreCorruptError, StoreNotFoundError
-from schemas import (
+from parity.schemas import (
     GENERATED, PROMPT, SCHEMA_VERSION, Device, Manifest, ModelRef, Request, SequenceInfo, Store, StoreWriter,
     canonical_json, hash_array,
 )
-from schemas.digest import parse_tagged
-from schemas.store import ATTR_KEY
+from parity.schemas.digest import parse_tagged
+from parity.schemas.store import ATTR_KEY
 
 V = 64
 
@@ -242,7 +242,7 @@ def test_shards_written_directly_are_what_zarr_writes(tmp_path):
     import zarr
     from zarr.storage import LocalStore
 
-    from schemas.store import _row_codecs
+    from parity.schemas.store import _row_codecs
 
     reserve = {GENERATED: [40, 40], PROMPT: [0, 0]}
     with StoreWriter(tmp_path / "out", vocab_size=V, reserve=reserve, lanes=2) as w:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from differ.testing import SeqData, StoreSpec, build_manifest, greedy_tokens, log_softmax, topn_of
-from schemas import GENERATED, PROMPT, Store, StoreWriter
+from parity.differ.testing import SeqData, StoreSpec, build_manifest, greedy_tokens, log_softmax, topn_of
+from parity.schemas import GENERATED, PROMPT, Store, StoreWriter
 
 xr = pytest.importorskip("xarray", reason="xarray is in the test extra: pip install -e '.[test]'")
 pytest.importorskip("dask")

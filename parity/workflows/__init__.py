@@ -1,0 +1,1 @@
+"""Workflows that combine recording, diffing and the Hub: the layer under the CLI."""
