@@ -47,7 +47,8 @@ import numpy as np  # noqa: E402
 
 def build(out: Path, gib: float, vocab: int, seqs: int) -> tuple[Path, Path]:
     from parity.differ.testing import StoreSpec, build_manifest, log_softmax, SeqData
-    from parity.schemas.store import GENERATED, StoreWriter
+    from parity.schemas import GENERATED, StoreWriter
+    from parity.settings import settings
 
     out.mkdir(parents=True, exist_ok=True)
     rows = max(int(gib * (1 << 30) / (4 * vocab)), seqs)
@@ -56,8 +57,8 @@ def build(out: Path, gib: float, vocab: int, seqs: int) -> tuple[Path, Path]:
     prompt = [1, 2, 3]
     block = 128
     tokens = []
-    ref_w = StoreWriter(out, vocab_size=vocab)
-    cand_w = StoreWriter(out, vocab_size=vocab)
+    ref_w = StoreWriter(out, vocab_size=vocab, direct_io=settings().direct_io)
+    cand_w = StoreWriter(out, vocab_size=vocab, direct_io=settings().direct_io)
     for s in range(seqs):
         toks = []
         for a in range(0, per_seq, block):
@@ -78,13 +79,14 @@ def build(out: Path, gib: float, vocab: int, seqs: int) -> tuple[Path, Path]:
 
 
 def stores_under(work: Path) -> tuple[Path, Path] | None:
-    from parity.schemas.store import Store
+    from parity.schemas import Store
+    from parity.settings import settings
 
     existing = sorted(work.glob("*.parity.zarr"))
     if len(existing) != 2:
         return None
     a, b = existing
-    return (a, b) if Store.open(b).manifest.run.get("golden") else (b, a)
+    return (a, b) if Store.open(b, fast_read=settings().fast_read).manifest.run.get("golden") else (b, a)
 
 
 def floor(paths: list[str]) -> int:
@@ -118,9 +120,10 @@ def floor(paths: list[str]) -> int:
 
 
 def child(mode: str, ref: str, cand: str) -> None:
-    from parity.schemas.store import GENERATED, Store
+    from parity.schemas import GENERATED, Store
+    from parity.settings import settings
     from parity import differ
-    from parity.differ.core import block_rows_for
+    from parity.differ.stream import block_rows_for
 
     t = time.perf_counter()
     nbytes = 0
@@ -129,7 +132,8 @@ def child(mode: str, ref: str, cand: str) -> None:
     if mode == "floor":
         nbytes = floor([ref, cand])
     elif mode in ("fast-read", "zarr-read"):
-        stores = [Store.open(ref), Store.open(cand)]
+        fast = settings().fast_read
+        stores = [Store.open(ref, fast_read=fast), Store.open(cand, fast_read=fast)]
         step = block_rows_for(stores[0].vocab_size, True)
         total = int(stores[0].row_offsets(GENERATED)[-1])
         for a in range(0, total, step):
@@ -138,7 +142,7 @@ def child(mode: str, ref: str, cand: str) -> None:
     elif mode == "kernel":
         from parity.differ import metrics
 
-        st = Store.open(ref), Store.open(cand)
+        st = Store.open(ref, fast_read=settings().fast_read), Store.open(cand, fast_read=settings().fast_read)
         total = int(st[0].row_offsets(GENERATED)[-1])
         x, y = (s.rows(GENERATED, 0, min(256, total)) for s in st)
         t = time.perf_counter()  # the kernel alone, on rows already in memory
@@ -147,7 +151,7 @@ def child(mode: str, ref: str, cand: str) -> None:
         nbytes = total * x.shape[1] * 8
     elif mode.startswith("verify"):
         for p in (ref, cand):
-            st = Store.open(p)
+            st = Store.open(p, fast_read=settings().fast_read)
             st.verify()
             nbytes += int(st.row_offsets(GENERATED)[-1]) * st.vocab_size * 4
     else:
@@ -176,7 +180,7 @@ def run_child(mode: str, ref: Path, cand: Path) -> dict:
 
 
 def import_check() -> tuple[float, list[str]]:
-    code = ("import sys, time; t = time.perf_counter(); import differ; dt = time.perf_counter() - t; "
+    code = ("import sys, time; t = time.perf_counter(); import parity.differ; dt = time.perf_counter() - t; "
             "print(dt); print(','.join(m for m in sys.modules if m.split('.')[0] in ('torch', 'vllm')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     lines = out.stdout.splitlines()
@@ -262,7 +266,7 @@ def main() -> None:
         print(f"peak RSS of diff: {rss:.0f} MiB; on stores 4x smaller: {rss_small:.0f} MiB "
               f"(goal < 512 and flat: {'ok' if rss < 512 and rss <= 1.15 * rss_small + 16 else 'MISSED'})")
         dt, heavy = import_check()
-        print(f"import differ: {dt * 1000:.0f} ms, torch/vllm modules loaded: {heavy or 'none'}")
+        print(f"import parity.differ: {dt * 1000:.0f} ms, torch/vllm modules loaded: {heavy or 'none'}")
         print(f"(kl mean {best['diff']['kl_mean']:.3g}, top-1 {best['diff']['top1']:.4f}; "
               f"before: kl mean {best['diff-zarr']['kl_mean']:.3g}, top-1 {best['diff-zarr']['top1']:.4f})")
     finally:

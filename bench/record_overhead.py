@@ -113,7 +113,9 @@ class Breakdown:
         import threading
 
         import parity.recorder.capture as capture
-        import parity.schemas.store as store
+        import parity.schemas.digest as digest
+        import parity.schemas.shards as shards
+        import parity.schemas.writer as writer
 
         t, lock = self.t, threading.Lock()
 
@@ -170,9 +172,9 @@ class Breakdown:
             return update
 
         self.wrap(capture.CaptureProcessor, "apply", timed_apply)
-        self.wrap(store._RowStream, "_submit", timed_submit)
-        self.wrap(store._ShardFiles, "write", timed_write)
-        self.wrap(store._BlockHashers, "update", timed_digest)
+        self.wrap(writer._RowStream, "_submit", timed_submit)
+        self.wrap(shards._ShardFiles, "write", timed_write)
+        self.wrap(digest.BlockHashers, "update", timed_digest)
         return self
 
     def remove(self) -> None:

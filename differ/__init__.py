@@ -15,9 +15,15 @@ single streaming pass over the reference (for candidates on its trajectory).
 ``diff(..., baseline=STORE, max_floor_ratio=R)`` measures a noise floor: the
 baseline is compared with the reference in the same pass and the report's
 ``floor`` sets the candidate beside it (see ``differ.floor``).
+
+The stages, in the data's order: ``plan`` (pair the stores' rows), ``stream``
+(read blocks, per-position metrics with the kernels of ``metrics``),
+``assemble`` (summaries), ``floor`` and ``verdict`` (``judge``, a pure
+function of the summaries), ``report`` (the Report, JSON); ``render``,
+``html`` and ``svg`` format it; ``api`` runs them.
 """
 
-from .core import compare, diff
+from .api import compare, diff
 from .html import render_html
 from .render import render_text
 from .report import JSON_SCHEMA, Report

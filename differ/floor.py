@@ -15,12 +15,12 @@ exceeds R, so with a zero floor any candidate difference fails every finite R.
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
-if TYPE_CHECKING:
-    from .report import Report
+from .summary import Summaries
+from .thresholds import Thresholds
+from .verdict import judge
 
 GATED = "kl_p99"
 
@@ -79,26 +79,57 @@ def ratios(cand: dict, base: dict) -> dict:
     }
 
 
-def _bit_identical(base: "Report") -> bool:
-    parts = [s for s in (base.summary, base.prompt) if s and s["positions"]]
+def _bit_identical(base: Summaries) -> bool:
+    parts = [s for s in (base.generated, base.prompt) if s and s["positions"]]
     return bool(parts) and all(
         s["max_abs"] == 0 and s["kl"]["max"] == 0 and not s["nonfinite_kl_positions"] and not s["nan_positions"]
         for s in parts
     )
 
 
-def attach_floor(report: "Report", base: "Report", max_floor_ratio: float | None) -> "Report":
-    """``report`` (reference vs candidate) with the floor measured by ``base``
-    (reference vs baseline); the verdict is evaluated again with the gate."""
-    gen, prompt = side(base.summary), side(base.prompt)
-    cand_prompt = side(report.prompt)
-    warnings = list(report.warnings)
+@dataclass(frozen=True)
+class Floor:
+    """The floor a baseline measured, set beside one candidate (``measure``)."""
+
+    section: dict  # the report's ``floor``: the baseline's statistics, the candidate's ratios to them
+    warnings: tuple[str, ...] = ()  # for the candidate's report: a zero floor, a failing baseline
+
+    @property
+    def gated(self) -> bool:
+        return self.section.get("max_floor_ratio") is not None
+
+    def failures(self, generated: dict) -> list[str]:
+        """The gate's failure lines for the candidate's generated summary (empty when it passes or is not set)."""
+        if not self.gated or not generated["positions"]:
+            return []
+        limit = self.section["max_floor_ratio"]
+        c = generated["kl"]["p99"]
+        b = self.section["generated"]["kl_p99"]
+        r = self.section["ratios"][GATED]
+        if c is None:
+            return ["generated: no finite KL to set beside the baseline's floor"]
+        if r is None:
+            return ["generated: the baseline has no compared positions with finite KL: no floor to gate KL p99 on"]
+        if r > limit and math.isinf(r):
+            return [f"generated: KL p99 {c:.2g} is above the baseline's zero floor (limit {limit:g}x)"]
+        if r > limit:
+            return [f"generated: KL p99 {c:.2g} is {times(r)}x the baseline's floor {b:.2g} (limit {limit:g}x)"]
+        return []
+
+
+def measure(cand: Summaries, base: Summaries, thresholds: Thresholds, max_floor_ratio: float | None) -> Floor:
+    """The floor measured by ``base`` (reference vs baseline) for ``cand``
+    (reference vs candidate); the baseline is judged by the same thresholds."""
+    gen, prompt = side(base.generated), side(base.prompt)
+    cand_prompt = side(cand.prompt)
+    base_verdict = judge(base, thresholds)
+    warnings = []
     if _bit_identical(base):
         warnings.append(f"the baseline is bit-identical to the reference: the floor is zero, {_ZERO_FLOOR_HINT}")
     elif gen["positions"] and gen["kl_p99"] == 0:
         warnings.append(f"the baseline's generated KL p99 is 0: the floor is zero, {_ZERO_FLOOR_HINT}")
-    if base.verdict == "fail":
-        warnings.append(f"the baseline itself fails the thresholds ({base.failures[0]}): "
+    if base_verdict.verdict == "fail":
+        warnings.append(f"the baseline itself fails the thresholds ({base_verdict.failures[0]}): "
                         "they are tighter than the numerics it stands for")
     # The checks were written for a candidate; here the other side is the baseline.
     floor_warnings = [w.replace("candidate", "baseline") for w in base.warnings]
@@ -107,40 +138,17 @@ def attach_floor(report: "Report", base: "Report", max_floor_ratio: float | None
         floor_warnings.append(f"the baseline is free-running and diverges in {diverged} of {len(base.sequences)} "
                               "sequences: its floor covers positions up to the first divergent token only "
                               "(record it with --golden)")
-    floor = {
+    section = {
         "baseline": base.candidate,
         "forced_trajectory": base.forced,
         "generated": gen,
         "prompt": prompt,
-        "ratios": ratios(side(report.summary), gen),
+        "ratios": ratios(side(cand.generated), gen),
         "prompt_ratios": ratios(cand_prompt, prompt) if cand_prompt and prompt else None,
         "max_floor_ratio": max_floor_ratio,
         "gated_statistic": GATED,
-        "baseline_verdict": base.verdict,
-        "baseline_failures": list(base.failures),
+        "baseline_verdict": base_verdict.verdict,
+        "baseline_failures": list(base_verdict.failures),
         "warnings": floor_warnings,
     }
-    return dataclasses.replace(report, floor=floor, warnings=warnings)
-
-
-def floor_failures(floor: dict | None, summary: dict) -> list[str]:
-    """The gate's failure lines (empty when it passes or is not set)."""
-    if floor is None or floor.get("max_floor_ratio") is None or not summary["positions"]:
-        return []
-    limit = floor["max_floor_ratio"]
-    c = summary["kl"]["p99"]
-    b = floor["generated"]["kl_p99"]
-    r = floor["ratios"][GATED]
-    if c is None:
-        return ["generated: no finite KL to set beside the baseline's floor"]
-    if r is None:
-        return ["generated: the baseline has no compared positions with finite KL: no floor to gate KL p99 on"]
-    if r > limit and math.isinf(r):
-        return [f"generated: KL p99 {c:.2g} is above the baseline's zero floor (limit {limit:g}x)"]
-    if r > limit:
-        return [f"generated: KL p99 {c:.2g} is {times(r)}x the baseline's floor {b:.2g} (limit {limit:g}x)"]
-    return []
-
-
-def is_gated(floor: dict | None) -> bool:
-    return floor is not None and floor.get("max_floor_ratio") is not None
+    return Floor(section, tuple(warnings))

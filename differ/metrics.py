@@ -20,7 +20,9 @@ import numpy as np
 from parity.errors import UsageError
 
 try:
-    from . import _kernel
+    # The extension module itself, not the package: ``from . import`` would
+    # make metrics depend on parity.differ's __init__, which imports metrics.
+    import parity.differ._kernel as _kernel
 except ImportError:  # built without a C compiler: numpy does the same work, slower
     _kernel = None
 

@@ -1,10 +1,11 @@
 """One reference, several candidates: the ``parity diff G C1 C2 ...`` layer over ``compare``.
 
 ``compare`` reads the reference once for every candidate on its rows; this
-module adds the measured floor to each report (the baseline is one more
-candidate of the same pass), labels candidates by what tells them apart
-(device kind, the package versions and dtype that differ between them),
-renders the side-by-side terminal table and the ``parity.compare/1`` JSON.
+module adds the measured floor to each report (``api.compare_to_floor``: the
+baseline is one more candidate of the same pass), labels candidates by what
+tells them apart (device kind, the package versions and dtype that differ
+between them), renders the side-by-side terminal table and the
+``parity.compare/1`` JSON.
 """
 
 from __future__ import annotations
@@ -13,8 +14,7 @@ import json
 from pathlib import Path
 from typing import Sequence
 
-from .core import _check_floor_ratio, compare
-from .floor import attach_floor
+from .api import check_floor_ratio, compare, compare_to_floor
 from .render import _Style, fmt
 from .report import Report, jsonable, write_atomic
 
@@ -26,13 +26,10 @@ LABEL_VERSIONS = ("rebel-compiler", "vllm-rbln", "optimum-rbln", "torch-rbln", "
 def compare_all(reference, candidates: Sequence, *, baseline=None, max_floor_ratio: float | None = None,
                 **opts) -> list[Report]:
     """One report per candidate from one pass over the reference; with ``baseline``, each gets the floor."""
-    max_floor_ratio = _check_floor_ratio(max_floor_ratio, baseline)
+    max_floor_ratio = check_floor_ratio(max_floor_ratio, baseline)
     if baseline is None:
         return compare(reference, list(candidates), **opts)
-    # The baseline's per-position detail (the HTML report's top-5) is never shown.
-    opts["details"] = [bool(opts.get("details"))] * len(candidates) + [False]
-    *reports, base = compare(reference, [*candidates, baseline], **opts)
-    return [attach_floor(r, base, max_floor_ratio) for r in reports]
+    return compare_to_floor(reference, list(candidates), baseline, max_floor_ratio=max_floor_ratio, **opts)
 
 
 def labels(reports: Sequence[Report]) -> list[str]:
@@ -148,37 +145,3 @@ def write_json(reports: Sequence[Report], path: str | Path) -> Path:
     if len(reports) == 1:
         return reports[0].write_json(path)
     return write_atomic(path, json.dumps(jsonable(to_dict(reports)), indent=2, allow_nan=False) + "\n")
-
-
-def candidates_from(reference, source: str) -> list[Path]:
-    """Candidates for ``reference`` (a Store) in a directory of stores or a Hub repo ORG/NAME.
-
-    A directory: every store but the reference; those recorded on the
-    reference's trajectory when there are any. A repo: the goldens of the
-    reference's request key other than the reference, oldest first (pulled
-    and verified).
-    """
-    from parity.errors import GoldenNotFoundError, UsageError
-    from parity.schemas import Store, stores_in
-
-    digest = reference.manifest.digest
-    local = Path(source).expanduser()
-    if local.exists():
-        stores = [Store.open(p) for p in stores_in([local])]
-        stores = [s for s in stores if s.manifest.digest != digest]
-        following = [s for s in stores if s.manifest.run.get("golden") == digest]
-        chosen = following or stores
-        if not chosen:
-            raise GoldenNotFoundError(f"--candidates-from {source}: no stores other than the reference")
-        return [s.path for s in sorted(chosen, key=lambda s: (s.manifest.created_at, s.manifest.digest))]
-    if source.count("/") != 1 or source.startswith((".", "/", "~")):
-        raise UsageError(f"--candidates-from {source!r} is not a directory of stores or a Hub repo ORG/NAME")
-    from parity import goldens
-
-    entries = [e for e in goldens.list_goldens(source)
-               if e.request_key == reference.manifest.request_key and e.digest != digest]
-    if not entries:
-        raise GoldenNotFoundError(f"no stores of request key {reference.manifest.request_key} in {source} "
-                                  "other than the reference")
-    entries.sort(key=lambda e: (e.created_at, e.digest))
-    return [goldens.pull(e.ref()) for e in entries]

@@ -8,7 +8,7 @@ from typing import Sequence
 import numpy as np
 
 from parity.errors import IncompatibleStoresError
-from parity.schemas.store import GENERATED, PROMPT, Store
+from parity.schemas import GENERATED, PROMPT, Store
 
 KINDS = (GENERATED, PROMPT)
 

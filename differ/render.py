@@ -227,11 +227,3 @@ def _floor_lines(f: dict, st: _Style) -> list[str]:
     lines += [st.dim(f"  baseline: {w}") for w in f["warnings"]]
     return lines
 
-
-# -- HTML ------------------------------------------------------------------
-
-def render_html(reports, **kwargs) -> str:
-    """The HTML page (``differ.html.render_html``): kept here for callers of ``differ.render``."""
-    from .html import render_html as page
-
-    return page(reports, **kwargs)

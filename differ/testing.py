@@ -8,12 +8,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 
+from parity.schemas import GENERATED, PROMPT, StoreWriter
 from parity.schemas.manifest import Device, Manifest, ModelRef, Request, SequenceInfo
-from parity.schemas.store import GENERATED, PROMPT, StoreWriter
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:
@@ -55,6 +54,9 @@ class StoreSpec:
     run: dict = field(default_factory=dict)
     finish_reasons: list[str] | None = None
     schema_version: int | None = None  # None: the current one
+    created_at: str = "2025-01-01T00:00:00Z"
+    max_model_len: int = 4096
+    num_hidden_layers: int | None = None
 
 
 def build_manifest(spec: StoreSpec) -> Manifest:
@@ -66,8 +68,9 @@ def build_manifest(spec: StoreSpec) -> Manifest:
         logprobs=spec.topn if spec.topn else -1,
         prompt_logprobs=has_prompt,
         dtype=spec.dtype,
-        max_model_len=4096,
+        max_model_len=spec.max_model_len,
         seed=0,
+        num_hidden_layers=spec.num_hidden_layers,
     )
     seqs = tuple(
         SequenceInfo(
@@ -84,7 +87,7 @@ def build_manifest(spec: StoreSpec) -> Manifest:
         vocab_size=spec.vocab_size,
         sequences=seqs,
         arrays={},
-        created_at="2025-01-01T00:00:00Z",
+        created_at=spec.created_at,
         tool_version="test",
         run=dict(spec.run),
         **({"schema_version": spec.schema_version} if spec.schema_version is not None else {}),
@@ -115,11 +118,6 @@ def topn_of(logprobs: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
 
 def greedy_tokens(rows: np.ndarray) -> list[int]:
     return [int(t) for t in np.argmax(rows, axis=1)]
-
-
-def iter_blocks(total: int, step: int) -> Iterable[tuple[int, int]]:
-    for a in range(0, total, step):
-        yield a, min(a + step, total)
 
 
 DEFAULT_PROMPT = [3, 1, 4, 1, 5]

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Callable
 
 from parity.errors import UsageError
-from parity.schemas.store import Store
+from parity.schemas import Store
+from parity.settings import settings
 
 log = logging.getLogger("parity")
 
@@ -56,7 +57,7 @@ def decoder_for(store: Store | str | Path | None, tokenizer: str | Path | None =
             raise UsageError(f"no {TOKENIZER_FILE} at {tokenizer}",
                              hint=f"give a {TOKENIZER_FILE} file or the model directory that holds it")
     elif store is not None:
-        path = _recorded(store if isinstance(store, Store) else Store.open(store))
+        path = _recorded(store if isinstance(store, Store) else Store.open(store, fast_read=settings().fast_read))
         if path is None:
             log.debug("no local tokenizer for %s: the report shows token ids", getattr(store, "path", store))
             return None

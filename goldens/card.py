@@ -12,17 +12,14 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import TYPE_CHECKING
 
 import yaml
 from huggingface_hub import DatasetCard
 
-from parity.output import human_bytes
+from parity.units import human_bytes
 
+from .catalog import GoldenEntry
 from .refs import INDEX_FILE
-
-if TYPE_CHECKING:
-    from .core import GoldenEntry
 
 log = logging.getLogger("parity")
 
@@ -35,7 +32,7 @@ _BLOCK = re.compile(re.escape(START) + r".*?" + re.escape(END), re.DOTALL)
 _FRONT_MATTER = re.compile(r"^\s*---\r?\n.*?\r?\n---[ \t]*(?:\r?\n|$)", re.DOTALL)
 
 
-def metadata_entry(e: "GoldenEntry") -> dict:
+def metadata_entry(e: GoldenEntry) -> dict:
     return {
         "digest": e.digest,
         "model": e.model,
@@ -53,7 +50,7 @@ def metadata_entry(e: "GoldenEntry") -> dict:
     }
 
 
-def render(repo: str, entries: list["GoldenEntry"], existing: str | None = None) -> str:
+def render(repo: str, entries: list[GoldenEntry], existing: str | None = None) -> str:
     """The card for ``entries`` (newest first), keeping what the owner wrote in ``existing``."""
     card = _parse(existing) if existing is not None else None
     if card is None:
@@ -132,7 +129,7 @@ leaves the rest of this card as you edit it.
 """
 
 
-def _block(entries: list["GoldenEntry"]) -> str:
+def _block(entries: list[GoldenEntry]) -> str:
     lines = [
         START,
         "<!-- Written by `parity push`: edits between these markers are replaced on the next push. -->",
@@ -157,7 +154,7 @@ def _block(entries: list["GoldenEntry"]) -> str:
     return "\n".join(lines)
 
 
-def _row(e: "GoldenEntry") -> str:
+def _row(e: GoldenEntry) -> str:
     versions = ", ".join(f"{k} {v}" for k, v in sorted(e.versions.items()))
     cells = [
         _code(_short(e.digest)),

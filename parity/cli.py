@@ -18,7 +18,8 @@ import typer
 
 from parity import __version__
 from parity.errors import ParityError, StoreCorruptError, UsageError
-from parity.output import Output, human_bytes, stdout_to_stderr
+from parity.output import Output, stdout_to_stderr
+from parity.units import human_bytes
 from parity.settings import settings
 
 app = typer.Typer(
@@ -107,7 +108,7 @@ def record(
 ) -> None:
     """Record full-vocabulary logprobs for every position into a new store."""
     from parity.recorder import EngineOptions, RecordConfig, record as run_record
-    from parity.recorder.follow import resolve_golden
+    from parity.workflows.against_golden import find_golden
 
     sink = Output(progress=not settings().no_progress)
     if batch < 1 or tp < 1 or pp < 1 or dp < 1:
@@ -122,10 +123,11 @@ def record(
         ),
         check_device=not dry_run,
     )
+    keyed = None  # the plan a golden was looked up by, completed by the recording rather than redone
     if golden:
-        golden_path, notes = resolve_golden(cfg, golden, repo=repo)
-        cfg = dataclasses.replace(cfg, golden=golden_path)
-        for line in notes:
+        found = find_golden(cfg, golden, repo=repo)
+        cfg, keyed = dataclasses.replace(cfg, golden=found.path), found.keyed
+        for line in found.notes:
             sink.note(line)
     if depths is not None:
         if dry_run or golden or diff:
@@ -137,12 +139,13 @@ def record(
         from parity.recorder.dryrun import dry_run as plan_dry_run
 
         with stdout_to_stderr():
-            resolved = plan_dry_run(cfg)
+            resolved = plan_dry_run(cfg, keyed=keyed)
         sink.data(resolved)
         return
     with stdout_to_stderr():
         result = run_record(cfg, progress=lambda p: sink.bar(
-            p.positions, p.total, f"{p.positions / max(p.elapsed, 1e-9):.0f} pos/s {human_bytes(p.bytes_written)}"))
+            p.positions, p.total, f"{p.positions / max(p.elapsed, 1e-9):.0f} pos/s {human_bytes(p.bytes_written)}"),
+            keyed=keyed)
     sink.finish()
     m = result.manifest
     sink.note(
@@ -209,10 +212,12 @@ def diff(
     thresholds = _thresholds(tolerance, max_kl=max_kl, max_mean_kl=max_mean_kl, min_top1=min_top1, max_abs=max_abs)
     if max_floor_ratio is not None and baseline is None:
         raise UsageError("--max-floor-ratio needs --baseline STORE: the floor is measured on a baseline store")
-    ref = Store.open(_resolve_any(reference, repo))
+    ref = Store.open(_resolve_any(reference, repo), fast_read=settings().fast_read)
     cands = [_resolve_any(c, repo) for c in candidates or []]
     if candidates_from:
-        cands += multi.candidates_from(ref, candidates_from)
+        from parity.workflows.candidates import candidates_from as find_candidates
+
+        cands += find_candidates(ref, candidates_from)
     if not cands:
         raise UsageError("no candidate: give CANDIDATE stores after the reference, or --candidates-from DIR|ORG/NAME")
     base = _resolve_any(baseline, repo) if baseline else None
@@ -251,10 +256,8 @@ def _resolve_any(ref: str, repo: str | None) -> Path:
     local = Path(ref).expanduser()
     if local.exists():
         return local
-    try:
-        from parity import goldens
-    except ImportError:
-        return local
+    from parity import goldens
+
     if goldens.is_hub_reference(ref) or repo:
         return goldens.resolve_store(ref, repo=repo)
     return local
@@ -300,7 +303,7 @@ def bisect(
     from parity import differ
     from parity.differ.report import write_atomic
     from parity.recorder import EngineOptions, RecordConfig
-    from parity.recorder.bisect import bisect as run_bisect, render_html, render_text
+    from parity.workflows.bisect import bisect as run_bisect, render_html, render_text
 
     thresholds = _thresholds(tolerance, max_kl=max_kl, max_mean_kl=max_mean_kl, min_top1=min_top1, max_abs=max_abs)
     if batch < 1 or tp < 1 or pp < 1:
@@ -332,9 +335,9 @@ def bisect(
 @app.command()
 def show(store: StoreArg, json_out: JsonFlag = False, repo: RepoOpt = None) -> None:
     """Print a store's manifest summary (--json: the whole manifest)."""
-    from parity.schemas import open_store
+    from parity.schemas import Store
 
-    s = open_store(_resolve_any(store, repo))
+    s = Store.open(_resolve_any(store, repo), fast_read=settings().fast_read)
     m = s.manifest
     sink = Output(json_mode=json_out)
     if json_out:
@@ -366,10 +369,10 @@ def show(store: StoreArg, json_out: JsonFlag = False, repo: RepoOpt = None) -> N
 @app.command()
 def verify(store: StoreArg, repo: RepoOpt = None) -> None:
     """Re-derive every digest of a store; exit 1 if anything does not match."""
-    from parity.schemas import open_store
+    from parity.schemas import Store
 
     sink = Output()
-    s = open_store(_resolve_any(store, repo))
+    s = Store.open(_resolve_any(store, repo), fast_read=settings().fast_read)
     try:
         m = s.verify()
     except StoreCorruptError as e:
@@ -458,7 +461,7 @@ def demo(
     no_color: NoColor = False,
 ) -> None:
     """Build a tiny local model, record a CPU golden, record a perturbed copy on its trajectory, diff."""
-    from parity.recorder.demo import run_demo
+    from parity.workflows.demo import run_demo
 
     sink = Output(progress=not settings().no_progress)
     with stdout_to_stderr():

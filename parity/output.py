@@ -57,14 +57,6 @@ class Output:
         self._clear()
 
 
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1024
-    return f"{n} B"
-
-
 @contextlib.contextmanager
 def stdout_to_stderr():
     """Sends everything written to stdout (including by C extensions) to stderr.

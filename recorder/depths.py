@@ -19,8 +19,10 @@ from typing import Callable
 
 from parity.errors import ParityError, UsageError
 from parity.schemas import Manifest, Store
+from parity.settings import settings
 
-from .record import Plan, RecordConfig, plan_recording, record
+from .plan import Plan, RecordConfig, plan_recording
+from .record import record
 from .sink import Progress
 from .truncate import layer_count
 
@@ -85,7 +87,7 @@ def find_recorded(plan: Plan, out: Path) -> Path | None:
         if path.name.startswith(".") or not (path / "zarr.json").is_file():
             continue
         try:
-            store = Store.open(path)
+            store = Store.open(path, fast_read=settings().fast_read)
             m = store.manifest
             if (m.request_key != key or m.device.kind != plan.profile.name or m.run.get("golden") != golden
                     or dict(m.device.versions) != versions):
@@ -107,7 +109,7 @@ def record_or_reuse(cfg: RecordConfig, progress: Callable[[Progress], None] | No
     existing = find_recorded(plan, plan.out) if reuse else None
     if existing is not None:
         log.info("depth %d: reusing %s", depth, existing)
-        return DepthRecording(depth, total, existing, Store.open(existing).manifest, True)
+        return DepthRecording(depth, total, existing, Store.open(existing, fast_read=settings().fast_read).manifest, True)
     result = record(cfg, progress=progress, plan=plan)
     return DepthRecording(depth, total, result.path, result.manifest, False)
 

@@ -24,7 +24,8 @@ from pathlib import Path
 
 from parity.errors import DeviceUnavailableError
 
-from .record import RecordConfig, _engine_kwargs, plan_recording
+from .engines import engine_for
+from .plan import Plan, RecordConfig, plan_recording
 
 # Blosc LZ4 + byte shuffle on captured full-vocabulary rows (README, bench/record_overhead.py).
 COMPRESSED_BYTES_PER_LOGIT = 3.0
@@ -32,15 +33,16 @@ FLOAT32_BYTES = 4
 ID_BYTES = 4  # top-N ids are int32
 
 
-def dry_run(cfg: RecordConfig) -> dict:
+def dry_run(cfg: RecordConfig, *, keyed: Plan | None = None) -> dict:
     """The plan ``record(cfg)`` would execute, as one JSON-serialisable dict.
 
     Raises the same ParityError as ``record`` for a request that cannot run
     anywhere (bad options, missing model, a golden that does not match);
-    reports what only stops it on this host in ``problems``.
+    reports what only stops it on this host in ``problems``. ``keyed``: as
+    for ``record``, the plan of cfg without its golden.
     """
     cfg = dataclasses.replace(cfg, check_device=False)
-    plan = plan_recording(cfg, check_out=False, fetch_weights=False)
+    plan = plan_recording(cfg, check_out=False, fetch_weights=False, keyed=keyed)
     profile, request = plan.profile, plan.request
 
     problems: list[str] = []
@@ -69,9 +71,8 @@ def dry_run(cfg: RecordConfig) -> dict:
                      f"({len(plan.model.missing)} file(s)): record downloads them; the request key covers "
                      "their digest, so this plan has none")
 
-    hf = getattr(profile, "runner", "vllm") == "hf"
-    engine_args = (profile.engine_args(cfg.engine) if hf
-                   else _engine_kwargs(cfg, profile, plan.model.path, cfg.tokenizer))
+    # The engine is built, not started: its arguments without loading anything.
+    engine_args = engine_for(profile)(cfg, plan, plan.model.path).engine_args()
     return {
         "device": profile.name,
         "available": available,

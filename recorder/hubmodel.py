@@ -31,26 +31,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from huggingface_hub import HfApi, constants, get_cached_repo_tree, snapshot_download
-from huggingface_hub.errors import (
-    CachedRepoTreeNotFoundError,
-    GatedRepoError,
-    HfHubHTTPError,
-    LocalEntryNotFoundError,
-    OfflineModeIsEnabled,
-    RepositoryNotFoundError,
-    RevisionNotFoundError,
-    RevisionResolutionError,
-)
+from huggingface_hub import HfApi, get_cached_repo_tree, snapshot_download
+from huggingface_hub.errors import CachedRepoTreeNotFoundError, LocalEntryNotFoundError
 from huggingface_hub.file_download import repo_folder_name
 from huggingface_hub.utils import tqdm as hf_tqdm
 
-from parity.goldens.hub import NETWORK_ERRORS, http_status, short_error
-from parity.errors import HubAuthError, HubError, ModelNotFoundError, ParityError
-from parity.output import human_bytes
+from parity.hub import Hub, translate_model_error
+from parity.errors import HubError, ModelNotFoundError, ParityError
+from parity.units import human_bytes
 from parity.settings import settings
 
-from .inputs import TOKENIZER_FILES
+from .model_files import TOKENIZER_FILES
 
 log = logging.getLogger("parity")
 
@@ -122,15 +113,14 @@ def fetch(repo: str, revision: str | None = None, *, weights: bool = True, endpo
     Downloads what is missing unless HF_HUB_OFFLINE is set; raises parity
     errors only.
     """
-    endpoint = (endpoint or constants.ENDPOINT).rstrip("/")
-    cache = Path(cache_dir or constants.HF_HUB_CACHE).expanduser()
-    offline = settings().hf_offline or constants.HF_HUB_OFFLINE
+    hub = Hub.resolve(token=token, endpoint=endpoint, cache_dir=cache_dir)
+    endpoint, cache, offline = hub.endpoint, hub.cache_dir, hub.offline
     try:
         return _fetch(repo, revision, weights=weights, endpoint=endpoint, cache=cache, token=token, offline=offline)
     except ParityError:
         raise
     except Exception as exc:  # noqa: BLE001 - every client error becomes one line
-        raise _translate(exc, repo=repo, revision=revision, endpoint=endpoint, cache=cache, offline=offline) from None
+        raise translate_model_error(exc, repo=repo, revision=revision, endpoint=endpoint, cache=cache, offline=offline) from None
 
 
 def _fetch(repo, revision, *, weights, endpoint, cache, token, offline) -> HubModel:
@@ -220,52 +210,3 @@ def _cached_listing(repo: str, commit: str, cache: Path) -> dict[str, int | None
 
 def _sample(names: list[str]) -> str:
     return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
-
-
-def _cause(exc: BaseException) -> BaseException:
-    # The client reports a failed Hub call as a cache miss (LocalEntryNotFoundError)
-    # or a revision it cannot resolve, with the real failure as the cause.
-    while isinstance(exc, (LocalEntryNotFoundError, RevisionResolutionError)) and exc.__cause__ is not None:
-        exc = exc.__cause__
-    return exc
-
-
-def _translate(exc: BaseException, *, repo: str, revision: str | None, endpoint: str, cache: Path,
-               offline: bool) -> Exception:
-    where = f"{repo}@{revision}" if revision else repo
-    cause = _cause(exc)
-    status = http_status(cause)
-    if isinstance(cause, GatedRepoError):
-        return HubAuthError(f"model {where} on {endpoint} is gated",
-                            hint="accept its access conditions on the Hub, then set HF_TOKEN or run `hf auth login`")
-    if isinstance(cause, RepositoryNotFoundError):
-        return ModelNotFoundError(
-            f"model repo {repo} was not found on {endpoint}",
-            hint="check --model; if the repo is private, set HF_TOKEN or run `hf auth login` "
-                 "with a token that can read it",
-        )
-    if isinstance(cause, RevisionNotFoundError):
-        return ModelNotFoundError(f"revision {revision or 'main'!r} not found in model repo {repo} on {endpoint}",
-                                  hint="--revision takes a branch, a tag or a full commit sha")
-    if status == 401:
-        return HubAuthError(f"{endpoint} rejected the credentials (401) for model {where}",
-                            hint="check HF_TOKEN, or run `hf auth login` with a token that can read the repo")
-    if status == 403:
-        return HubAuthError(f"no permission to read model {where} on {endpoint} (403)",
-                            hint="use a token that can read the repo (HF_TOKEN or `hf auth login`)")
-    if offline or isinstance(cause, OfflineModeIsEnabled):
-        return ModelNotFoundError(
-            f"model {where} is not in the local Hugging Face cache ({cache}) and HF_HUB_OFFLINE is set",
-            hint="unset HF_HUB_OFFLINE to download it, or pass a local model directory",
-        )
-    if isinstance(cause, NETWORK_ERRORS) or (isinstance(cause, OSError) and "Consistency check failed" in str(cause)):
-        return HubError(f"download of model {where} from {endpoint} failed ({short_error(cause)})",
-                        hint="check the network and HF_ENDPOINT, then run the same command again: "
-                             "it downloads what is missing")
-    if isinstance(cause, HfHubHTTPError):
-        return HubError(f"the Hub answered {status} for model {where} on {endpoint} ({short_error(cause)})",
-                        hint="retry later; rerun with PARITY_DEBUG=1 for details")
-    if isinstance(cause, OSError) and cause.errno is not None:
-        return HubError(f"cannot write model {where} to the Hugging Face cache {cache}: {cause.strerror or cause}",
-                        hint="free disk space or point HF_HUB_CACHE elsewhere")
-    return HubError(f"model {where}: {short_error(cause)}", hint="rerun with PARITY_DEBUG=1 for details")

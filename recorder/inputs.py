@@ -18,16 +18,13 @@ from parity.errors import ModelNotFoundError, PromptError, UsageError
 from parity.schemas import Request
 from parity.schemas.digest import canonical_json, digest_bytes, tag
 
+from .model_files import TOKENIZER_FILES
 from .presets import BUILTIN_TINY, DEFAULT_PROMPTS, PRESETS
 
 log = logging.getLogger("parity")
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
-TOKENIZER_FILES = (
-    "tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json",
-    "merges.txt", "special_tokens_map.json", "added_tokens.json",
-)
 TOKENIZER_DOMAIN = b"parity.tokenizer/2\n"
 ADDED_TOKEN_FIELDS = ("id", "content", "special", "lstrip", "rstrip", "normalized", "single_word")
 # Encoded for the digest (SPEC.md, "Tokenizer digest"): spaces at the start and

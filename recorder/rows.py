@@ -21,7 +21,7 @@ from typing import Callable
 
 from parity.errors import EngineError
 from parity.schemas import Manifest
-from parity.schemas.store import TMP_PREFIX
+from parity.schemas.layout import TMP_PREFIX
 
 from .sink import Progress, RowSink, SinkStats, read_progress
 

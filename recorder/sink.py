@@ -19,8 +19,8 @@ from typing import Callable
 
 import numpy as np
 
-from parity.schemas import Manifest, StoreWriter
-from parity.schemas.store import GENERATED, PROMPT
+from parity.schemas import GENERATED, PROMPT, Manifest, StoreWriter
+from parity.settings import settings
 
 PROGRESS_INTERVAL_S = 0.1
 # A worker's progress, for a recorder in another process: two little-endian
@@ -66,7 +66,7 @@ class RowSink:
 
     def __init__(self, spec: WriterSpec, progress: Callable[[Progress], None] | None = None):
         self.writer = StoreWriter(spec.out, vocab_size=spec.vocab_size, topn=spec.topn,
-                                  reserve=spec.reserve, lanes=spec.lanes)
+                                  reserve=spec.reserve, lanes=spec.lanes, direct_io=settings().direct_io)
         self.topn = spec.topn
         self.next_generated = [0] * spec.num_seqs
         self.next_prompt = [0] * spec.num_seqs

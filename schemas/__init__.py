@@ -4,11 +4,13 @@ The normative description is ``SPEC.md`` in this folder.
 """
 
 from .digest import canonical_json, content_digest, hash_array, request_key
+from .layout import GENERATED, PROMPT, STORE_SUFFIX, store_name
 from .manifest import SCHEMA_VERSION, ArrayInfo, Device, Manifest, ModelRef, Request, SequenceInfo
-from .store import GENERATED, PROMPT, STORE_SUFFIX, Store, StoreWriter, open_store, store_name, stores_in
+from .reader import Store, stores_in
+from .writer import StoreWriter
 
 __all__ = [
     "SCHEMA_VERSION", "ArrayInfo", "Device", "GENERATED", "Manifest", "ModelRef", "PROMPT",
     "Request", "STORE_SUFFIX", "SequenceInfo", "Store", "StoreWriter", "canonical_json",
-    "content_digest", "hash_array", "open_store", "request_key", "store_name", "stores_in",
+    "content_digest", "hash_array", "request_key", "store_name", "stores_in",
 ]

@@ -88,3 +88,39 @@ def hash_array(values: np.ndarray) -> str:
     h = ArrayHasher(values.dtype)
     h.update(values)
     return h.hexdigest(values.shape)
+
+
+class BlockHashers:
+    """One streaming hasher per sequence block; combined into the array digest."""
+
+    def __init__(self, dtype: np.dtype):
+        self.dtype = dtype
+        self.blocks: dict[int, ArrayHasher] = {}
+
+    def update(self, seq: int, rows: np.ndarray) -> None:
+        if seq not in self.blocks:
+            self.blocks[seq] = ArrayHasher(self.dtype)
+        self.blocks[seq].update(rows)
+
+    def update_tagged(self, tags: np.ndarray, rows: np.ndarray) -> None:
+        cuts = np.flatnonzero(np.diff(tags)) + 1
+        for a, b in zip([0, *cuts.tolist()], [*cuts.tolist(), len(tags)]):
+            self.update(int(tags[a]), rows[a:b])
+
+    def digest(self, counts: list[int], width: int) -> str:
+        return rows_digest(
+            self.dtype,
+            width,
+            [(self.blocks[s].hexdigest((n, width)) if s in self.blocks else _empty_block(self.dtype, width))
+             for s, n in enumerate(counts)],
+        )
+
+
+def _empty_block(dtype, width: int) -> str:
+    return ArrayHasher(dtype).hexdigest((0, width))
+
+
+def rows_digest(dtype, width: int, block_digests: list[str]) -> str:
+    """Digest of a row array: its dtype, width and each sequence block's digest, in order."""
+    body = canonical_json({"dtype": np.dtype(dtype).newbyteorder("<").str, "width": width, "blocks": block_digests})
+    return digest_bytes(body, b"parity.rows/1\n")

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from parity.schemas import Store
-from tests.cli_run import parity
+from tests.support.cli_run import parity
 
 
 def assert_one_line_error(proc: subprocess.CompletedProcess, *fragments: str, code: int = 2) -> None:

@@ -1,8 +1,9 @@
 """The device-profile interface: one small module per device.
 
-A profile says whether its device can run here, which environment variables
-and engine arguments it needs, and how it reports its versions. Adding a
-device is one new module registered in ``devices/__init__.py``.
+A profile says which engine runs its device, whether the device can run
+here, which environment variables and engine arguments it needs, and how it
+reports its versions. Adding a device is one new module registered in
+``devices/__init__.py``.
 """
 
 from __future__ import annotations
@@ -47,9 +48,15 @@ TRUNCATE_CHECKPOINT = "checkpoint"        # a derived checkpoint directory of K 
 TRUNCATE_HF_OVERRIDES = "hf_overrides"    # the full checkpoint, config overridden to K layers
 TRUNCATE_PLUGIN_ENV = "plugin-env"        # the platform plugin's own variable (vllm-rbln)
 
+# The engines a device runs on (recorder/engines/__init__.py maps each name to its engine):
+ENGINE_VLLM = "vllm"  # vLLM, on the hardware of its platform plugin
+ENGINE_HF = "hf"      # plain transformers, the reference vLLM's own tests use
+
 
 class DeviceProfile:
     name: str = ""
+    # Whether this device records through vLLM or plain transformers: decided here only.
+    engine: str = ENGINE_VLLM
     # Whether prompt positions are recorded unless the user says otherwise.
     prompt_logprobs_default: bool = True
     install_hint: str = ""

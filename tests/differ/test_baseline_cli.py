@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from parity.differ.testing import SeqData, StoreSpec, greedy_tokens, log_softmax, write_store
-from tests.cli_run import parity
+from tests.support.cli_run import parity
 
 
 @pytest.fixture

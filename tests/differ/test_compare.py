@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 
 from parity import differ
-from parity.differ import core
+from parity.differ import stream as core
 from parity.differ.plan import Pairs, blocks
 from parity.differ.testing import log_softmax, topn_of
 from parity.errors import IncompatibleStoresError, UsageError
-from parity.schemas.store import GENERATED, PROMPT, Store
+from parity.schemas import GENERATED, PROMPT, Store
 
 V = 512
 ROWS = (45, 7, 30)

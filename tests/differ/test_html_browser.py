@@ -22,11 +22,11 @@ import numpy as np
 import pytest
 
 from parity import differ
-from parity.differ import core
+from parity.differ import stream as core
 from parity.differ.html import DETAIL_CAP, LP_BITS
 from parity.differ.testing import SeqData, StoreSpec, log_softmax, write_store
 from parity.errors import UsageError
-from parity.schemas.store import GENERATED, PROMPT
+from parity.schemas import GENERATED, PROMPT
 
 PROMPT_IDS = [3, 1, 4, 1, 5]
 DRIFT_AT = 12  # generated index from which the drifting candidate drifts in sequence 0 ...
@@ -70,7 +70,7 @@ def _stores(root: Path, *, seqs: int, length: int, vocab: int, prompt: bool = Tr
         return path
 
     ref = store("ref", [log_softmax(g) for g in logits], None if plogits is None else [log_softmax(p) for p in plogits])
-    from parity.schemas.store import Store
+    from parity.schemas import Store
 
     golden = Store.open(ref).manifest.digest
 
@@ -143,7 +143,7 @@ def page_data(page: str) -> tuple[dict, dict[str, np.ndarray]]:
 
 def test_detail_data_is_the_stores_top5(small):
     paths, reports, _ = small
-    from parity.schemas.store import Store
+    from parity.schemas import Store
 
     page = differ.render_html(reports)
     meta, arrays = page_data(page)

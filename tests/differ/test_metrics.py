@@ -10,7 +10,8 @@ import pytest
 from scipy import special, stats
 
 from parity import differ
-from parity.differ import core, metrics
+from parity.differ import metrics
+from parity.differ import stream as core
 from parity.differ.testing import DEFAULT_PROMPT as PROMPT
 from parity.differ.testing import log_softmax, pair_rows
 

@@ -10,7 +10,7 @@ import pytest
 from parity import differ
 from parity.differ import multi
 from parity.differ.testing import SeqData, StoreSpec, greedy_tokens, log_softmax, write_store
-from tests.cli_run import parity
+from tests.support.cli_run import parity
 
 
 @pytest.fixture

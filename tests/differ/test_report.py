@@ -104,7 +104,7 @@ def test_render_text_and_html(report_pair):
 
 
 def test_store_objects_accepted(report_pair):
-    from parity.schemas.store import Store
+    from parity.schemas import Store
 
     ref, cand = report_pair
     r = differ.diff(Store.open(ref), Store.open(cand))
@@ -112,6 +112,6 @@ def test_store_objects_accepted(report_pair):
 
 
 def test_import_does_not_pull_torch_or_vllm():
-    code = "import sys, differ; bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'vllm', 'typer')]; print(bad)"
+    code = "import sys; import parity.differ; bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'vllm', 'typer')]; print(bad)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

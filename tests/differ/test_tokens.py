@@ -11,7 +11,7 @@ import pytest
 from parity import differ
 from parity.differ.testing import log_softmax
 from parity.errors import UsageError
-from parity.schemas.store import Store
+from parity.schemas import Store
 
 tokenizers = pytest.importorskip("tokenizers")
 VOCAB = {"hello": 0, "world": 1, "<eos>": 2, " the": 3}

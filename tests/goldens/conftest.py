@@ -16,15 +16,12 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from huggingface_hub.utils._runtime import is_xet_available  # noqa: E402
 
-from hub_server import READ, READ_TOKEN, WRITE, WRITE_TOKEN, HubServer  # noqa: E402
-from parity.schemas.manifest import Device, Manifest, ModelRef, Request, SequenceInfo  # noqa: E402
-from parity.schemas.store import StoreWriter  # noqa: E402
+from tests.support.hub_server import READ, READ_TOKEN, WRITE, WRITE_TOKEN, HubServer  # noqa: E402
+from tests.support.stores import simple_store  # noqa: E402
 
-VOCAB = 64
 
 
 @dataclass
@@ -58,54 +55,12 @@ def hub(tmp_path, monkeypatch):
         assert not server.unhandled, f"client called endpoints the test hub does not serve: {server.unhandled}"
 
 
-def make_store(
-    out_dir: Path,
-    *,
-    prompt: tuple[int, ...] = (1, 2, 3),
-    device: str = "cpu",
-    model: str = "tiny/llama",
-    created_at: str = "2026-01-01T00:00:00+00:00",
-    generated: int = 4,
-    seed: int = 0,
-    num_hidden_layers: int | None = None,
-    weights_digest: str | None = None,
-) -> Path:
-    """A small committed store; its request key depends on model, weights, prompt and depth only."""
-    request = Request(
-        model=ModelRef(id=model, weights_digest=weights_digest),
-        prompts=(tuple(prompt),),
-        max_tokens=generated,
-        logprobs=-1,
-        prompt_logprobs=False,
-        dtype="float32",
-        max_model_len=128,
-        seed=0,
-        num_hidden_layers=num_hidden_layers,
-    )
-    manifest = Manifest(
-        request=request,
-        device=Device(kind=device, versions={"parity": "test", device: "1.0"}),
-        vocab_size=VOCAB,
-        sequences=(SequenceInfo(index=0, prompt_len=len(prompt), generated_len=generated),),
-        arrays={},
-        created_at=created_at,
-        tool_version="test",
-    )
-    rng = np.random.default_rng(seed + sum(prompt) * 7919 + len(device))
-    rows = rng.standard_normal((generated, VOCAB)).astype(np.float32) - 5.0
-    tokens = list(prompt) + [int(t) for t in rng.integers(0, VOCAB, generated)]
-    with StoreWriter(out_dir, vocab_size=VOCAB) as writer:
-        writer.append_rows("generated", 0, rows)
-        path, _ = writer.commit(manifest, [tokens])
-    return path
-
-
 @pytest.fixture
 def stores(tmp_path):
     """Factory: ``stores(prompt=..., device=...)`` makes a store under tmp_path/stores."""
     counter = iter(range(1000))
 
     def build(**kw) -> Path:
-        return make_store(tmp_path / "stores" / str(next(counter)), **kw)
+        return simple_store(tmp_path / "stores" / str(next(counter)), **kw)
 
     return build

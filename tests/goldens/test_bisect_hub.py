@@ -13,7 +13,7 @@ import json
 import pytest
 
 from parity.schemas import Store
-from tests.cli_run import parity
+from tests.support.cli_run import parity
 
 LAYERS = 4
 DRIFT_LAYER = 2  # binary search probes depths 4, 2, 3: depth 1's golden is never needed

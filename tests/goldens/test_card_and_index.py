@@ -19,13 +19,13 @@ import pytest
 from huggingface_hub import CommitOperationAdd, DatasetCard, HfApi, hf_hub_download
 
 from parity import goldens
-import parity.goldens.core  # noqa: F401  (loads the submodule read below)
-import parity.goldens.hub  # noqa: F401  (loads the submodule read below)
-from hub_server import WRITE_TOKEN
+import parity.goldens.upload  # noqa: F401  (loads the submodule read below)
+from parity import hub as hub_client
+from tests.support.hub_server import WRITE_TOKEN
 from parity.goldens.card import END, START
 from parity.goldens.refs import index_path
 from parity.errors import HubError
-from parity.schemas.store import Store
+from parity.schemas import Store
 
 REPO = "org/goldens"
 ROOT = Path(__file__).resolve().parents[2]
@@ -34,7 +34,7 @@ WEIGHTS = "xxh3-128:" + "1" * 32
 
 @pytest.fixture(autouse=True)
 def fast_retries(monkeypatch):
-    monkeypatch.setattr(goldens.hub, "BACKOFF_SECONDS", 0.01)
+    monkeypatch.setattr(hub_client, "BACKOFF_SECONDS", 0.01)
 
 
 def manifest(path):
@@ -226,9 +226,9 @@ def test_a_repo_that_never_settles_fails_in_one_line(hub, stores):
     hub.server.before_commit.clear()
 
     line = err.value.one_line()
-    assert "\n" not in line and f"{goldens.core.COMMIT_ATTEMPTS} attempts" in line and "push again" in line
+    assert "\n" not in line and f"{goldens.upload.COMMIT_ATTEMPTS} attempts" in line and "push again" in line
     commits = [r for r in hub.server.requests if r.method == "POST" and "/commit/" in r.path]
-    assert len(commits) == goldens.core.COMMIT_ATTEMPTS and all(r.status == 412 for r in commits)
+    assert len(commits) == goldens.upload.COMMIT_ATTEMPTS and all(r.status == 412 for r in commits)
     assert index_path(manifest(path).digest) not in hub.server.files(REPO)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from parity.schemas import Store
-from tests.cli_run import parity
+from tests.support.cli_run import parity
 
 
 def test_candidates_from_a_hub_repo_are_the_stores_of_the_references_request(hub, stores, tmp_path):

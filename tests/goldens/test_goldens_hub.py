@@ -11,8 +11,8 @@ import httpx2
 import pytest
 
 from parity import goldens
-import parity.goldens.hub  # noqa: F401  (loads the submodule read below)
-from hub_server import READ_TOKEN
+from parity import hub as hub_client
+from tests.support.hub_server import READ_TOKEN
 from parity.goldens import HubRef, is_hub_reference
 from parity.errors import (
     GoldenNotFoundError,
@@ -23,7 +23,7 @@ from parity.errors import (
     StoreNotFoundError,
     UsageError,
 )
-from parity.schemas.store import Store
+from parity.schemas import Store
 
 REPO = "org/goldens"
 
@@ -38,7 +38,7 @@ def manifest(path):
 
 @pytest.fixture(autouse=True)
 def fast_retries(monkeypatch):
-    monkeypatch.setattr(goldens.hub, "BACKOFF_SECONDS", 0.01)
+    monkeypatch.setattr(hub_client, "BACKOFF_SECONDS", 0.01)
 
 
 # -- push ---------------------------------------------------------------------
@@ -266,7 +266,7 @@ def test_unreachable_hub_fails_clearly_after_retries(tmp_path, stores):
     with pytest.raises(HubError) as err:
         goldens.list_goldens(REPO, endpoint=f"http://127.0.0.1:{port}", cache_dir=tmp_path / "cache")
     line = err.value.one_line()
-    assert f"after {goldens.hub.ATTEMPTS} attempt" in line and "HF_HUB_OFFLINE" in line
+    assert f"after {hub_client.ATTEMPTS} attempt" in line and "HF_HUB_OFFLINE" in line
 
 
 # -- ls -------------------------------------------------------------------------
@@ -412,7 +412,7 @@ def test_record_golden_repo_finds_a_schema_1_golden_by_its_file_byte_key(hub, ti
     from parity.recorder.inputs import legacy_tokenizer_digest
     from parity.recorder.record import plan_recording
     from parity.schemas.manifest import Device, Manifest, SequenceInfo
-    from parity.schemas.store import StoreWriter
+    from parity.schemas import StoreWriter
 
     cfg = RecordConfig(model=str(tiny_model), prompts=["Hello"], max_tokens=2, out=tmp_path / "out",
                        engine=EngineOptions(max_model_len=64))
@@ -436,8 +436,8 @@ def test_record_golden_repo_finds_a_schema_1_golden_by_its_file_byte_key(hub, ti
 
     # A fresh process: huggingface_hub reads HF_ENDPOINT (the loopback Hub) when it is imported.
     def lookup(model):
-        script = ("import sys; from pathlib import Path; from recorder import RecordConfig, EngineOptions; "
-                  "from recorder.follow import resolve_golden; "
+        script = ("import sys; from pathlib import Path; from parity.recorder import RecordConfig, EngineOptions; "
+                  "from parity.workflows.against_golden import resolve_golden; "
                   "cfg = RecordConfig(model=sys.argv[1], prompts=['Hello'], max_tokens=2, "
                   "engine=EngineOptions(max_model_len=64)); "
                   "path, notes = resolve_golden(cfg, sys.argv[2]); print(path); print(*notes, sep='\\n')")

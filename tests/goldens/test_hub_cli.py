@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from parity.schemas import Store
-from tests.cli_run import parity
+from tests.support.cli_run import parity
 
 
 def test_push_pull_ls_and_diff_a_hub_reference(hub, stores):

@@ -14,13 +14,13 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from hub_server import READ_TOKEN
+from tests.support.hub_server import READ_TOKEN
 
 from parity.errors import HubAuthError, ModelNotFoundError, UsageError
 from parity.recorder.hubmodel import select_files
 from parity.recorder.inputs import resolve_model, weights_digest
 from parity.schemas import Store
-from tests.cli_run import parity
+from tests.support.cli_run import parity
 
 REPO = "org/tiny"
 # What vLLM loads from the repo below, and so all that may be downloaded.

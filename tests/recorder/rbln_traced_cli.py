@@ -28,7 +28,7 @@ from collections import Counter
 
 def _install(trace: dict) -> None:
     from parity.recorder.sink import RowSink
-    from parity.schemas import store
+    from parity.schemas import shards as store
 
     finished: Counter = Counter()
     ended: set[int] = set()

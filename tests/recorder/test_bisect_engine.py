@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 
 from parity.recorder import EngineOptions, RecordConfig
-from parity.recorder.bisect import bisect
+from parity.workflows.bisect import bisect
 from parity.recorder.depths import record_depths
-from parity.recorder.record import plan_recording
+from parity.recorder.plan import plan_recording
 from parity.schemas import GENERATED, PROMPT, Store
 
 pytestmark = pytest.mark.engine

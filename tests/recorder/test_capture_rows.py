@@ -74,7 +74,7 @@ def _aligned_sink(tmp_path, lengths: list[int], lanes: int) -> RowSink:
 
 def _spy_shard_writes(monkeypatch) -> list[tuple[int, int]]:
     """(first row, shard rows) of every shard write; a first row inside a shard is a zarr read-modify-write."""
-    from parity.schemas import store as store_module
+    from parity.schemas import shards as store_module
 
     calls: list[tuple[int, int]] = []
     original = store_module._ShardFiles.write

@@ -19,7 +19,7 @@ import pytest
 
 from parity.errors import GoldenMismatchError
 from parity.recorder.inputs import legacy_request_key, legacy_tokenizer_digest, tokenizer_digest, tokenizer_identity
-from parity.recorder.record import RecordConfig, plan_recording
+from parity.recorder.plan import RecordConfig, plan_recording
 from parity.schemas import GENERATED, Device, Manifest, SequenceInfo, Store, StoreWriter
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model")

@@ -13,7 +13,7 @@ from safetensors.numpy import save_file
 from parity.errors import UsageError
 from parity.recorder import EngineOptions, RecordConfig, get_profile
 from parity.recorder.depths import parse_depths
-from parity.recorder.record import _engine_kwargs
+from parity.recorder.engines.vllm import engine_kwargs as _engine_kwargs
 from parity.recorder.tinymodel import build_tiny_model
 from parity.recorder.truncate import Depth, config_overrides, layer_count, resolve_depth, truncated_dir
 

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from parity.schemas import Store, StoreWriter, directio
-from parity.schemas.store import GENERATED
+from parity.schemas import GENERATED
 
-from test_store_format import deterministic_rows, write_deterministic  # tests/schemas is on sys.path
+from tests.support.stores import deterministic_rows, write_deterministic
 
 
 def takes_o_direct(directory: Path) -> bool:
@@ -54,12 +54,12 @@ def test_direct_write_gives_the_concatenated_bytes(direct_dir, monkeypatch, size
     assert path.read_bytes() == b"".join(parts)
 
 
-def write_store(out: Path) -> tuple[Path, StoreWriter]:
+def write_store(out: Path, direct_io: bool = True) -> tuple[Path, StoreWriter]:
     captured = []
     original = StoreWriter.__init__
 
     def keep(self, *args, **kwargs):
-        original(self, *args, **kwargs)
+        original(self, *args, direct_io=direct_io, **kwargs)
         captured.append(self)
 
     StoreWriter.__init__ = keep
@@ -85,8 +85,7 @@ def shard_bytes(path: Path) -> dict[str, bytes]:
 def test_store_written_with_o_direct_is_byte_identical_to_the_page_cache_one(direct_dir, monkeypatch):
     direct_path, w = write_store(direct_dir / "direct")
     assert w.streams["logprobs"].files.direct is True
-    monkeypatch.setenv("PARITY_DIRECT_IO", "0")
-    cached_path, w = write_store(direct_dir / "cached")
+    cached_path, w = write_store(direct_dir / "cached", direct_io=False)
     assert w.streams["logprobs"].files.direct is False
     assert direct_path.name == cached_path.name  # same content digest
     assert shard_bytes(direct_path) == shard_bytes(cached_path)

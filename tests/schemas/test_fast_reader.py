@@ -25,9 +25,10 @@ from zarr.storage import LocalStore
 from parity import differ
 from parity.differ.testing import SeqData, StoreSpec, build_manifest
 from parity.errors import StoreCorruptError
-from parity.schemas import store as store_mod
+from parity.schemas import layout as store_mod
 from parity.schemas.shards import EMPTY, ArrayReader
-from parity.schemas.store import GENERATED, PROMPT, Store, StoreWriter, row_array_names
+from parity.schemas import GENERATED, PROMPT, Store, StoreWriter
+from parity.schemas.layout import row_array_names
 
 ROOT = Path(__file__).resolve().parents[2]
 V = 40
@@ -98,12 +99,7 @@ def write(out: Path, layout: str, topn: int | None = None, seed: int = 0) -> Pat
 
 
 def open_both(path: Path, monkeypatch) -> tuple[Store, Store]:
-    monkeypatch.setenv("PARITY_FAST_READ", "1")
-    fast = Store.open(path)
-    monkeypatch.setenv("PARITY_FAST_READ", "0")
-    slow = Store.open(path)
-    monkeypatch.delenv("PARITY_FAST_READ")
-    return fast, slow
+    return Store.open(path, fast_read=True), Store.open(path, fast_read=False)
 
 
 def same(a: np.ndarray, b: np.ndarray) -> bool:
@@ -261,8 +257,8 @@ def test_a_flipped_byte_is_the_same_error_on_both_paths(tmp_path, monkeypatch, w
     flip(shard(path), at)
     messages = {}
     for mode in ("1", "0"):
-        monkeypatch.setenv("PARITY_FAST_READ", mode)
-        store = Store.open(path)  # opening reads no shard
+        monkeypatch.setenv("PARITY_FAST_READ", mode)  # for the diffs
+        store = Store.open(path, fast_read=mode == "1")  # opening reads no shard
         messages[mode] = one_line_error(store.verify)
         one_line_error(lambda: differ.diff(path, cand))
         one_line_error(lambda: differ.diff(cand, path))
@@ -319,7 +315,7 @@ def test_a_shard_deleted_or_cut_short_is_a_truncated_store(tmp_path, monkeypatch
         copy = tmp_path / f"deleted-{mode}"
         shutil.copytree(path, copy)
         shard(copy, 1).unlink()
-        assert "truncated store" in one_line_error(lambda: Store.open(copy))
+        assert "truncated store" in one_line_error(lambda: Store.open(copy, fast_read=mode == "1"))
     monkeypatch.setenv("PARITY_FAST_READ", "1")
     store = Store.open(path)
     shard(path, 1).unlink()  # after opening: still never a run of zeros
@@ -431,6 +427,8 @@ def test_metadata_parsing_refuses_what_it_does_not_know(tmp_path):
 
 @pytest.mark.parametrize("layout", ["packed", "aligned"])
 def test_verify_streams_blocks_through_reused_buffers(tmp_path, monkeypatch, layout):
+    from parity.schemas import verify as store_mod
+
     # Blocks of one chunk, decoded ahead on several threads into a ring of
     # buffers: a buffer reused too early would change the digest.
     path = write(tmp_path, layout)
@@ -443,6 +441,8 @@ def test_verify_streams_blocks_through_reused_buffers(tmp_path, monkeypatch, lay
 @pytest.mark.parametrize("layout", ["packed", "aligned"])
 @pytest.mark.parametrize("block_chunks", [1, 2])
 def test_verify_decodes_each_chunk_once(tmp_path, monkeypatch, layout, block_chunks):
+    from parity.schemas import verify as store_mod
+
     # Sequences end mid-chunk (GEN_LENS): cutting blocks per sequence made two
     # threads each decode the chunk they share.
     path = write(tmp_path, layout)

@@ -10,13 +10,12 @@ import pytest
 
 from parity.errors import NotAStoreError, SchemaVersionError, StoreCorruptError, StoreNotFoundError
 from parity.schemas import (
-    GENERATED, PROMPT, SCHEMA_VERSION, Device, Manifest, ModelRef, Request, SequenceInfo, Store, StoreWriter,
+    GENERATED, PROMPT, SCHEMA_VERSION, Device, Manifest, Store, StoreWriter,
     canonical_json, hash_array,
 )
 from parity.schemas.digest import parse_tagged
-from parity.schemas.store import ATTR_KEY
-
-V = 64
+from parity.schemas.layout import ATTR_KEY
+from tests.support.stores import V, deterministic_manifest, deterministic_rows, write_deterministic
 
 # Pinned: a change to canonical JSON, the digest domains, the array hashing or
 # the manifest layout changes this value. Such a change needs a new
@@ -26,40 +25,6 @@ PINNED_DIGEST = "xxh3-128:abef8b8b11c8fee562a657634a48496a"
 # (only the tokenizer digest's definition changed, and schema_version is in
 # the manifest), so version-1 stores on disk and on the Hub keep verifying.
 PINNED_DIGEST_V1 = "xxh3-128:cb1c5a115895fd745afc1c914cf58c62"
-
-
-def deterministic_rows(n: int, offset: int = 0) -> np.ndarray:
-    x = np.arange(offset * V, (offset + n) * V, dtype=np.float64).reshape(n, V)
-    logits = np.sin(x * 0.37) * 4.0
-    lse = np.log(np.exp(logits).sum(axis=1, keepdims=True))
-    return (logits - lse).astype(np.float32)
-
-
-def deterministic_manifest(prompts=((1, 2, 3), (4, 5)), schema_version: int = SCHEMA_VERSION) -> Manifest:
-    request = Request(
-        model=ModelRef(id="pinned", weights_digest="xxh3-128:" + "a" * 32, tokenizer_digest="xxh3-128:" + "b" * 32),
-        prompts=prompts, max_tokens=3, logprobs=-1, prompt_logprobs=True, dtype="float32",
-        max_model_len=64, seed=0,
-    )
-    return Manifest(
-        request=request, device=Device(kind="cpu", versions={"vllm": "0"}), vocab_size=V,
-        sequences=(SequenceInfo(0, 3, 3, "length"), SequenceInfo(1, 2, 2, "stop")), arrays={},
-        created_at="2026-01-01T00:00:00+00:00", tool_version="0.0.0", schema_version=schema_version,
-    )
-
-
-def write_deterministic(out, interleave: bool = False, schema_version: int = SCHEMA_VERSION):
-    with StoreWriter(out, vocab_size=V) as w:
-        if interleave:
-            w.append_rows(GENERATED, 0, deterministic_rows(1, 0))
-            w.append_rows(GENERATED, 1, deterministic_rows(2, 3))
-            w.append_rows(GENERATED, 0, deterministic_rows(2, 1))
-        else:
-            w.append_rows(GENERATED, 0, deterministic_rows(3, 0))
-            w.append_rows(GENERATED, 1, deterministic_rows(2, 3))
-        w.append_rows(PROMPT, 0, deterministic_rows(2, 10))
-        w.append_rows(PROMPT, 1, deterministic_rows(1, 12))
-        return w.commit(deterministic_manifest(schema_version=schema_version), [[1, 2, 3, 7, 8, 9], [4, 5, 6, 6]])
 
 
 def test_known_digest_is_pinned(tmp_path):
@@ -242,7 +207,7 @@ def test_shards_written_directly_are_what_zarr_writes(tmp_path):
     import zarr
     from zarr.storage import LocalStore
 
-    from parity.schemas.store import _row_codecs
+    from parity.schemas.layout import row_codecs as _row_codecs
 
     reserve = {GENERATED: [40, 40], PROMPT: [0, 0]}
     with StoreWriter(tmp_path / "out", vocab_size=V, reserve=reserve, lanes=2) as w:

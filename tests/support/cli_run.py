@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def parity(*args: str, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:

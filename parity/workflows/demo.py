@@ -7,11 +7,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from parity import differ
+from parity.recorder.devices import EngineOptions
+from parity.recorder.plan import RecordConfig
+from parity.recorder.record import record
+from parity.recorder.tinymodel import tiny_model_dir
 from parity.settings import settings
-
-from .devices import EngineOptions
-from .record import RecordConfig, record
-from .tinymodel import tiny_model_dir
 
 log = logging.getLogger("parity")
 
@@ -20,16 +21,9 @@ log = logging.getLogger("parity")
 class DemoResult:
     golden: Path
     candidate: Path
-    report: object | None
+    report: differ.Report
 
     def report_text(self, color: bool = False) -> str:
-        if self.report is None:
-            from parity.schemas import open_store
-
-            m = open_store(self.candidate).manifest
-            return f"candidate recorded: {m.generated_positions} positions (differ not available)"
-        from parity import differ
-
         return differ.render_text(self.report, color=color)
 
 
@@ -46,10 +40,4 @@ def run_demo(*, out: Path | None, max_tokens: int, perturb: float,
     note(f"recording the perturbed model (noise {perturb:g}) on the golden's trajectory")
     cand = record(RecordConfig(model=str(perturbed), golden=golden.path, out=out, engine=engine), progress)
     note(f"candidate: {cand.path}")
-    try:
-        from parity import differ
-
-        report = differ.diff(golden.path, cand.path)
-    except (ImportError, AttributeError):
-        report = None
-    return DemoResult(golden.path, cand.path, report)
+    return DemoResult(golden.path, cand.path, differ.diff(golden.path, cand.path))

@@ -8,10 +8,12 @@ client's exceptions into parity errors whose message says what to do next.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, TypeVar
+from urllib.parse import quote, unquote
 
 import httpx2
 from huggingface_hub import HfApi, constants
@@ -23,10 +25,12 @@ from huggingface_hub.errors import (
     OfflineModeIsEnabled,
     RepositoryNotFoundError,
     RevisionNotFoundError,
+    RevisionResolutionError,
 )
 from huggingface_hub.file_download import repo_folder_name
 
-from parity.errors import GoldenNotFoundError, HubAuthError, HubError
+from parity.errors import GoldenNotFoundError, HubAuthError, HubError, ModelNotFoundError, UsageError
+from parity.schemas import STORE_SUFFIX
 from parity.settings import settings
 
 log = logging.getLogger("parity")
@@ -35,6 +39,9 @@ REPO_TYPE = "dataset"
 ATTEMPTS = 3
 BACKOFF_SECONDS = 0.5
 TRANSIENT_STATUS = {408, 429, 500, 502, 503, 504}
+SCHEME = "hf://"
+PREFIX = "hf://datasets/"
+_REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 NETWORK_ERRORS = (httpx2.TransportError, ConnectionError, TimeoutError)
 
 T = TypeVar("T")
@@ -66,6 +73,85 @@ class Hub:
 
     def storage_folder(self, repo: str) -> Path:
         return self.cache_dir / repo_folder_name(repo_id=repo, repo_type=REPO_TYPE)
+
+
+def is_hub_reference(ref: str) -> bool:
+    return isinstance(ref, str) and ref.startswith(SCHEME)
+
+
+def check_repo(repo: str) -> str:
+    if not isinstance(repo, str) or not _REPO_ID.match(repo):
+        raise UsageError(f"not a Hub repo id: {repo!r}", hint="pass --repo ORG/NAME")
+    return repo
+
+
+@dataclass(frozen=True)
+class HubRef:
+    repo: str
+    path: str
+    revision: str | None = None
+
+    def __str__(self) -> str:
+        rev = f"@{quote(self.revision, safe='')}" if self.revision else ""
+        return f"{PREFIX}{self.repo}{rev}/{self.path}"
+
+    @property
+    def store_name(self) -> str:
+        return self.path.rstrip("/").rsplit("/", 1)[-1]
+
+    @classmethod
+    def parse(cls, ref: str) -> "HubRef":
+        if not ref.startswith(PREFIX):
+            raise UsageError(
+                f"not a dataset hub reference: {ref!r}",
+                hint="use hf://datasets/ORG/NAME[@REVISION]/goldens/<key>/<name>.parity.zarr, as printed by `parity push`",
+            )
+        parts = ref[len(PREFIX):].strip("/").split("/")
+        if len(parts) < 3:
+            raise UsageError(f"hub reference {ref!r} names no store", hint="use the reference printed by `parity push`")
+        org, name, rest = parts[0], parts[1], parts[2:]
+        revision = None
+        if "@" in name:
+            name, _, rev = name.partition("@")
+            revision = unquote(rev) or None
+        repo = check_repo(f"{org}/{name}")
+        path = "/".join(rest)
+        if not path.endswith(STORE_SUFFIX) or ".." in rest:
+            raise UsageError(
+                f"hub reference {ref!r} does not end in a store directory (*{STORE_SUFFIX})",
+                hint="use the reference printed by `parity push`",
+            )
+        return cls(repo=repo, path=path, revision=revision)
+
+
+@dataclass(frozen=True)
+class LocalRef:
+    """A path that exists on this machine: a store or a directory of stores."""
+
+    path: Path
+
+
+@dataclass(frozen=True)
+class RepoRef:
+    """A Hub dataset repo ORG/NAME."""
+
+    repo: str
+
+
+def resolve_ref(ref: str) -> LocalRef | HubRef | RepoRef | None:
+    """What a reference on the command line names, or None when it names nothing parity knows.
+
+    An existing local path wins over everything (a directory may be called
+    ``org/name``); then an ``hf://`` reference; then ``ORG/NAME``.
+    """
+    local = Path(ref).expanduser()
+    if local.exists():
+        return LocalRef(local)
+    if is_hub_reference(ref):
+        return HubRef.parse(ref)
+    if ref.count("/") == 1 and not ref.startswith((".", "/", "~")):
+        return RepoRef(ref)
+    return None
 
 
 class StaleHeadError(HubError):
@@ -167,3 +253,53 @@ def translate(exc: BaseException, *, hub: Hub, repo: str, what: str, attempts: i
     if isinstance(exc, HfHubHTTPError):
         return HubError(f"{what}: the Hub answered {status} for {where} ({short_error(exc)})", hint="retry later; rerun with PARITY_DEBUG=1 for details")
     return HubError(f"{what}: {short_error(exc)}", hint="rerun with PARITY_DEBUG=1 for details")
+
+
+def _cause(exc: BaseException) -> BaseException:
+    # The client reports a failed Hub call as a cache miss (LocalEntryNotFoundError)
+    # or a revision it cannot resolve, with the real failure as the cause.
+    while isinstance(exc, (LocalEntryNotFoundError, RevisionResolutionError)) and exc.__cause__ is not None:
+        exc = exc.__cause__
+    return exc
+
+
+def translate_model_error(exc: BaseException, *, repo: str, revision: str | None, endpoint: str, cache: Path,
+               offline: bool) -> Exception:
+    """The parity error for a failed model download (a ModelNotFoundError, HubAuthError or HubError)."""
+    where = f"{repo}@{revision}" if revision else repo
+    cause = _cause(exc)
+    status = http_status(cause)
+    if isinstance(cause, GatedRepoError):
+        return HubAuthError(f"model {where} on {endpoint} is gated",
+                            hint="accept its access conditions on the Hub, then set HF_TOKEN or run `hf auth login`")
+    if isinstance(cause, RepositoryNotFoundError):
+        return ModelNotFoundError(
+            f"model repo {repo} was not found on {endpoint}",
+            hint="check --model; if the repo is private, set HF_TOKEN or run `hf auth login` "
+                 "with a token that can read it",
+        )
+    if isinstance(cause, RevisionNotFoundError):
+        return ModelNotFoundError(f"revision {revision or 'main'!r} not found in model repo {repo} on {endpoint}",
+                                  hint="--revision takes a branch, a tag or a full commit sha")
+    if status == 401:
+        return HubAuthError(f"{endpoint} rejected the credentials (401) for model {where}",
+                            hint="check HF_TOKEN, or run `hf auth login` with a token that can read the repo")
+    if status == 403:
+        return HubAuthError(f"no permission to read model {where} on {endpoint} (403)",
+                            hint="use a token that can read the repo (HF_TOKEN or `hf auth login`)")
+    if offline or isinstance(cause, OfflineModeIsEnabled):
+        return ModelNotFoundError(
+            f"model {where} is not in the local Hugging Face cache ({cache}) and HF_HUB_OFFLINE is set",
+            hint="unset HF_HUB_OFFLINE to download it, or pass a local model directory",
+        )
+    if isinstance(cause, NETWORK_ERRORS) or (isinstance(cause, OSError) and "Consistency check failed" in str(cause)):
+        return HubError(f"download of model {where} from {endpoint} failed ({short_error(cause)})",
+                        hint="check the network and HF_ENDPOINT, then run the same command again: "
+                             "it downloads what is missing")
+    if isinstance(cause, HfHubHTTPError):
+        return HubError(f"the Hub answered {status} for model {where} on {endpoint} ({short_error(cause)})",
+                        hint="retry later; rerun with PARITY_DEBUG=1 for details")
+    if isinstance(cause, OSError) and cause.errno is not None:
+        return HubError(f"cannot write model {where} to the Hugging Face cache {cache}: {cause.strerror or cause}",
+                        hint="free disk space or point HF_HUB_CACHE elsewhere")
+    return HubError(f"model {where}: {short_error(cause)}", hint="rerun with PARITY_DEBUG=1 for details")

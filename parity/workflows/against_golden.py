@@ -2,31 +2,49 @@
 
 With a repo (``--golden ORG/NAME``) the run's request key is computed from
 its own settings (no engine needed) and the matching CPU golden is pulled.
+That plan is handed back with the golden, so the recording completes it
+(``record(cfg, keyed=...)``) instead of planning its model a second time.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
+from parity import goldens
 from parity.errors import GoldenNotFoundError, UsageError
+from parity.hub import HubRef, LocalRef, RepoRef, resolve_ref
 
-from .inputs import legacy_request_key
-from .record import RecordConfig, plan_recording
+from parity.recorder.inputs import legacy_request_key
+from parity.recorder.plan import Plan, RecordConfig, plan_recording
 
 log = logging.getLogger("parity")
 
 
-def resolve_golden(cfg: RecordConfig, ref: str, *, repo: str | None = None) -> tuple[Path, list[str]]:
-    local = Path(ref).expanduser()
-    if local.exists():
-        return local, []
-    from parity import goldens
+@dataclass(frozen=True)
+class FoundGolden:
+    path: Path
+    notes: list[str]
+    # The plan of the run without its golden, when the golden was looked up by
+    # its request key (None: the reference named the store itself).
+    keyed: Plan | None = None
 
-    if goldens.is_hub_reference(ref) or repo:
-        return goldens.resolve_store(ref, repo=repo), []
-    if ref.count("/") == 1 and not ref.startswith((".", "/", "~")):
+
+def resolve_golden(cfg: RecordConfig, ref: str, *, repo: str | None = None) -> tuple[Path, list[str]]:
+    """The golden's local path and the notes about how it was found."""
+    found = find_golden(cfg, ref, repo=repo)
+    return found.path, found.notes
+
+
+def find_golden(cfg: RecordConfig, ref: str, *, repo: str | None = None) -> FoundGolden:
+    found = resolve_ref(ref)
+    if isinstance(found, LocalRef):
+        return FoundGolden(found.path, [])
+    if repo or isinstance(found, HubRef):
+        return FoundGolden(goldens.resolve_store(ref, repo=repo), [])
+    if isinstance(found, RepoRef):
         plan = plan_recording(dataclasses.replace(cfg, golden=None), check_out=False)
         key = plan.request.key()
         log.info("looking up the golden for request %s in %s", key, ref)
@@ -42,5 +60,6 @@ def resolve_golden(cfg: RecordConfig, ref: str, *, repo: str | None = None) -> t
             except GoldenNotFoundError:
                 raise missing from None
             notes = [*notes, f"schema-1 golden found under its file-byte tokenizer key {legacy}"]
-        return path, [f"following golden {entry.digest} ({entry.model}, {entry.device}, {entry.created_at})", *notes]
+        notes = [f"following golden {entry.digest} ({entry.model}, {entry.device}, {entry.created_at})", *notes]
+        return FoundGolden(path, notes, keyed=plan)
     raise UsageError(f"--golden {ref!r} is not a store directory, a hub reference (hf://...) or a repository ORG/NAME")

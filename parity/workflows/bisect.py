@@ -21,19 +21,21 @@ import dataclasses
 import html
 import json
 import logging
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from parity.errors import GoldenNotFoundError, UsageError
+from parity import goldens
 from parity.differ.render import fmt as _fmt
+from parity.differ.svg import kl_by_depth
+from parity.errors import GoldenNotFoundError, UsageError
+from parity.hub import HubRef, LocalRef, RepoRef, resolve_ref
 from parity.schemas import Manifest, Store, stores_in
-
-from .depths import DepthRecording, at_depth, parse_depths, record_or_reuse
-from .record import RecordConfig
-from .sink import Progress
-from .truncate import layer_count
+from parity.settings import settings
+from parity.recorder.depths import DepthRecording, at_depth, parse_depths, record_or_reuse
+from parity.recorder.plan import RecordConfig
+from parity.recorder.sink import Progress
+from parity.recorder.truncate import layer_count
 
 log = logging.getLogger("parity")
 
@@ -54,8 +56,6 @@ class GoldenAtDepth:
 
     def local(self) -> Path:
         if self.path is None:
-            from parity import goldens
-
             self.path = goldens.pull(self.entry.ref())
         return self.path
 
@@ -147,7 +147,7 @@ class BisectResult:
 def _local_goldens(paths: list[str], total: int) -> list[GoldenAtDepth]:
     out = []
     for path in stores_in(paths):
-        m = Store.open(path).manifest
+        m = Store.open(path, fast_read=settings().fast_read).manifest
         if m.run.get("forced"):
             continue  # a candidate that followed some golden, not a golden
         out.append(GoldenAtDepth(m.request.num_hidden_layers or total, m.digest, str(path), m.created_at, path=path,
@@ -156,8 +156,6 @@ def _local_goldens(paths: list[str], total: int) -> list[GoldenAtDepth]:
 
 
 def _hub_goldens(repo: str, total: int) -> list[GoldenAtDepth]:
-    from parity import goldens
-
     return [GoldenAtDepth(e.num_hidden_layers or total, e.digest, e.ref(), e.created_at, entry=e)
             for e in goldens.list_goldens(repo)]
 
@@ -181,18 +179,16 @@ def golden_set(refs: list[str], total: int, *, weights_digest: str | None, devic
         raise UsageError("--golden is required: a directory of stores, store paths, or a Hub repo ORG/NAME")
     found: list[GoldenAtDepth] = []
     for ref in refs:
-        local = Path(ref).expanduser()
-        if local.exists():
-            found += _local_goldens([ref], total)
-        elif ref.count("/") == 1 and not ref.startswith((".", "/", "~")):
-            found += _hub_goldens(ref, total)
-        elif ref.startswith("hf://"):
-            from parity import goldens
-
-            path = goldens.resolve_store(ref)
-            found += _local_goldens([str(path)], total)
+        named = resolve_ref(ref)
+        if isinstance(named, LocalRef):
+            found_here = _local_goldens([ref], total)
+        elif isinstance(named, RepoRef):
+            found_here = _hub_goldens(named.repo, total)
+        elif isinstance(named, HubRef):
+            found_here = _local_goldens([str(goldens.resolve_store(ref))], total)
         else:
             raise UsageError(f"--golden {ref!r} is not a store, a directory of stores, or a Hub repo ORG/NAME")
+        found += found_here
     # Several goldens at one depth: prefer this model's weights, then a golden recorded
     # on another device than the candidate's (the reference), then the newest.
     chosen: dict[int, GoldenAtDepth] = {}
@@ -236,7 +232,7 @@ def bisect(cfg: RecordConfig, golden_refs: list[str], *, thresholds=None, eps: f
 
     from parity.settings import settings
 
-    from .inputs import resolve_model, weights_digest
+    from parity.recorder.inputs import resolve_model, weights_digest
 
     if cfg.engine.num_hidden_layers is not None:
         raise UsageError("parity bisect chooses the depths itself: drop --num-hidden-layers",
@@ -263,7 +259,7 @@ def bisect(cfg: RecordConfig, golden_refs: list[str], *, thresholds=None, eps: f
     def probe(depth: int) -> DepthResult:
         golden = chosen[depth]
         golden_path = golden.local()
-        golden_store = Store.open(golden_path)
+        golden_store = Store.open(golden_path, fast_read=settings().fast_read)
         if not judged:
             judged.append(default_thresholds(thresholds, golden_store))
         rec = record_or_reuse(at_depth(dataclasses.replace(cfg, golden=golden_path), depth), progress,
@@ -335,59 +331,9 @@ def _short(digest: str) -> str:
 
 def render_html(result: BisectResult) -> str:
     """A self-contained page: KL (mean, p99, max) against depth on a log scale, and the table."""
-    w, h, pad = 760, 320, 56
     pts = result.by_depth()
-    floor = 1e-12
-
-    def ly(v):
-        return math.log10(max(v, floor))
-
-    values = [ly(v) for r in pts for v in (r.kl.get("mean"), r.kl.get("p99"), r.kl.get("max"))
-              if isinstance(v, float) and math.isfinite(v)]
-    lo, hi = (min(values), max(values)) if values else (-12.0, 0.0)
-    lo, hi = math.floor(lo), math.ceil(hi) if math.ceil(hi) > math.floor(lo) else math.floor(lo) + 1
-    depths = [r.depth for r in pts] or [1]
-    d0, d1 = min(1, *depths), max(result.total_layers, *depths)
-
-    def x(d):
-        return pad + (w - 2 * pad) * ((d - d0) / (d1 - d0) if d1 > d0 else 0.5)
-
-    def y(v):
-        return h - pad - (h - 2 * pad) * ((ly(v) - lo) / (hi - lo))
-
-    svg = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" role="img" '
-           f'aria-label="KL against depth">']
-    for e in range(lo, hi + 1):
-        yy = h - pad - (h - 2 * pad) * ((e - lo) / (hi - lo))
-        label = f"1e{e}" if e > -12 else "\u2264 1e-12"  # zero KL is drawn on the floor
-        svg.append(f'<line x1="{pad}" x2="{w - pad}" y1="{yy:.1f}" y2="{yy:.1f}" stroke="#ddd"/>'
-                   f'<text x="{pad - 6}" y="{yy + 4:.1f}" text-anchor="end" font-size="11">{label}</text>')
-    for d in range(d0, d1 + 1):
-        svg.append(f'<text x="{x(d):.1f}" y="{h - pad + 16}" text-anchor="middle" font-size="11">{d}</text>')
-    svg.append(f'<text x="{w / 2}" y="{h - 12}" text-anchor="middle" font-size="12">depth (layers)</text>'
-               f'<text x="14" y="{h / 2}" font-size="12" transform="rotate(-90 14 {h / 2})" '
-               f'text-anchor="middle">KL (nats)</text>')
-    limit = result.thresholds.get("max_kl")
-    if isinstance(limit, (int, float)) and limit > 0:
-        svg.append(f'<line x1="{pad}" x2="{w - pad}" y1="{y(limit):.1f}" y2="{y(limit):.1f}" stroke="#c00" '
-                   f'stroke-dasharray="5 4"/><text x="{pad + 4}" y="{y(limit) - 4:.1f}" text-anchor="start" '
-                   f'font-size="11" fill="#c00">max KL {limit:g}</text>')
-    for key, colour in (("mean", "#1f77b4"), ("p99", "#ff7f0e"), ("max", "#2ca02c")):
-        line = [(x(r.depth), y(r.kl[key])) for r in pts if isinstance(r.kl.get(key), float) and math.isfinite(r.kl[key])]
-        if len(line) > 1:
-            svg.append(f'<polyline fill="none" stroke="{colour}" stroke-width="2" points="'
-                       + " ".join(f"{a:.1f},{b:.1f}" for a, b in line) + '"/>')
-        for (a, b), r in zip(line, [r for r in pts if isinstance(r.kl.get(key), float) and math.isfinite(r.kl[key])]):
-            fill = "#c00" if r.verdict == "fail" else colour
-            svg.append(f'<circle cx="{a:.1f}" cy="{b:.1f}" r="4" fill="{fill}"><title>depth {r.depth}: KL {key} '
-                       f'{_fmt(r.kl[key])} ({r.verdict})</title></circle>')
-    if result.first_drift_depth is not None:
-        fx = x(result.first_drift_depth)
-        svg.append(f'<line x1="{fx:.1f}" x2="{fx:.1f}" y1="{pad}" y2="{h - pad}" stroke="#c00"/>'
-                   f'<text x="{fx + 4:.1f}" y="{pad + 12}" font-size="12" fill="#c00">first drift</text>')
-    svg.append("</svg>")
-    legend = " ".join(f'<span style="color:{c}">&#9632; KL {k}</span>' for k, c in
-                      (("mean", "#1f77b4"), ("p99", "#ff7f0e"), ("max", "#2ca02c")))
+    plot = kl_by_depth([r.depth for r in pts], [r.kl for r in pts], [r.verdict for r in pts], result.total_layers,
+                       result.thresholds.get("max_kl"), result.first_drift_depth)
     rows = "".join(
         f"<tr class='{r.verdict}'><td>{r.depth}/{result.total_layers}</td><td>{r.verdict}</td>"
         f"<td>{_fmt(r.kl.get('mean'))}</td><td>{_fmt(r.kl.get('p99'))}</td><td>{_fmt(r.kl.get('max'))}</td>"
@@ -406,7 +352,7 @@ tr.pass td:nth-child(2){{color:#080}} code{{font-size:12px}}</style></head>
 <p>{html.escape(result.mode)} search over golden depths {html.escape(", ".join(map(str, result.golden_depths)))};
 {len(result.results)} probed ({result.recordings} recorded, {result.reused} reused); thresholds
 {html.escape(result.thresholds_source)}: <code>{html.escape(json.dumps({k: v for k, v in result.thresholds.items() if v is not None}))}</code></p>
-{"".join(svg)}<p>{legend}</p>
+{plot}
 <table><tr><th>depth</th><th>verdict</th><th>KL mean</th><th>KL p99</th><th>KL max</th><th>top-1</th><th>golden</th><th>candidate</th></tr>
 {rows}</table></body></html>
 """
