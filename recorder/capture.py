@@ -145,7 +145,7 @@ class CaptureProcessor(LogitsProcessor):
         # Device-resident logits (vllm-rbln's default VLLM_RBLN_USE_DEVICE_TENSOR=1)
         # live on the NPU, where every op here runs eagerly; so this method keeps to
         # the operations the plugin itself runs eagerly on those logits each step
-        # (vllm-rbln 0.12, vLLM 0.30 paths; see README "What runs where"):
+        # (vllm-rbln 0.12, vLLM 0.30 paths; see docs/npu-host.md, "What runs where"):
         # row slices and index_select (v1/worker/rbln_model_runner.py:1871,1873),
         # log_softmax to float32 (vllm/v1/sample/sampler.py:307, called first thing
         # by v1/sample/rbln_sampler.py:291), topk (rbln_sampler.py:373), the copy to

@@ -27,7 +27,7 @@ from parity.errors import DeviceUnavailableError
 from .engines import engine_for
 from .plan import Plan, RecordConfig, plan_recording
 
-# Blosc LZ4 + byte shuffle on captured full-vocabulary rows (README, bench/record_overhead.py).
+# Blosc LZ4 + byte shuffle on captured full-vocabulary rows (docs/performance.md, bench/record_overhead.py).
 COMPRESSED_BYTES_PER_LOGIT = 3.0
 FLOAT32_BYTES = 4
 ID_BYTES = 4  # top-N ids are int32

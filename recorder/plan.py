@@ -48,7 +48,7 @@ class RecordConfig:
     tokenizer: str | None = None
     # False for plans made off the device host (--dry-run): an absent device is
     # reported by the caller instead of refused. Kept on the config so that
-    # resolve_golden's request-key plan inherits it.
+    # the golden lookup's request-key plan (workflows/against_golden.py) inherits it.
     check_device: bool = True
 
 

@@ -28,7 +28,6 @@ from .plan import Plan, RecordConfig, plan_recording
 from .sink import Progress, WriterSpec
 from .truncate import truncated_dir
 
-__all__ = ["Plan", "RecordConfig", "RecordResult", "plan_recording", "record"]
 
 
 @dataclass(frozen=True)
@@ -53,8 +52,9 @@ def record(cfg: RecordConfig, progress: Callable[[Progress], None] | None = None
 
 def _engine_model(cfg: RecordConfig, plan: Plan) -> Path:
     """The model directory the engine loads: a derived checkpoint when the device cuts layers that way."""
-    if plan.depth is not None and plan.depth.truncated and plan.profile.layer_truncation(cfg.engine) == TRUNCATE_CHECKPOINT:
-        return truncated_dir(plan.model.path, plan.depth, settings().cache_dir, plan.request.model.weights_digest)
+    depth = plan.depth
+    if depth is not None and depth.truncated and plan.profile.layer_truncation(cfg.engine) == TRUNCATE_CHECKPOINT:
+        return truncated_dir(plan.model.path, depth, settings().cache_dir, plan.request.model.weights_digest)
     return plan.model.path
 
 

@@ -32,12 +32,6 @@ class FoundGolden:
     keyed: Plan | None = None
 
 
-def resolve_golden(cfg: RecordConfig, ref: str, *, repo: str | None = None) -> tuple[Path, list[str]]:
-    """The golden's local path and the notes about how it was found."""
-    found = find_golden(cfg, ref, repo=repo)
-    return found.path, found.notes
-
-
 def find_golden(cfg: RecordConfig, ref: str, *, repo: str | None = None) -> FoundGolden:
     found = resolve_ref(ref)
     if isinstance(found, LocalRef):

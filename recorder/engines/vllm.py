@@ -60,12 +60,9 @@ class VllmEngine(Engine):
 
     def start(self) -> None:
         """Starts vLLM with the capture processor; falls back to the public path if refused."""
-        import logging as _logging
-
         from vllm import LLM
 
         from .. import capture as cap
-
         from ..vllm_compat import close_message_queues_on_collect
 
         cfg = self.cfg
@@ -74,7 +71,7 @@ class VllmEngine(Engine):
         debug = settings().debug
         if not debug:
             for name in ("vllm", "transformers"):
-                _logging.getLogger(name).setLevel(_logging.WARNING)
+                logging.getLogger(name).setLevel(logging.WARNING)
         mode = cfg.capture
         try:
             if mode == CAPTURE_TENSOR:

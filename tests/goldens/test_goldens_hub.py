@@ -410,7 +410,7 @@ def test_record_golden_repo_finds_a_schema_1_golden_by_its_file_byte_key(hub, ti
 
     from parity.recorder import EngineOptions, RecordConfig
     from parity.recorder.inputs import legacy_tokenizer_digest
-    from parity.recorder.record import plan_recording
+    from parity.recorder.plan import plan_recording
     from parity.schemas.manifest import Device, Manifest, SequenceInfo
     from parity.schemas import StoreWriter
 
@@ -437,10 +437,10 @@ def test_record_golden_repo_finds_a_schema_1_golden_by_its_file_byte_key(hub, ti
     # A fresh process: huggingface_hub reads HF_ENDPOINT (the loopback Hub) when it is imported.
     def lookup(model):
         script = ("import sys; from pathlib import Path; from parity.recorder import RecordConfig, EngineOptions; "
-                  "from parity.workflows.against_golden import resolve_golden; "
+                  "from parity.workflows.against_golden import find_golden; "
                   "cfg = RecordConfig(model=sys.argv[1], prompts=['Hello'], max_tokens=2, "
                   "engine=EngineOptions(max_model_len=64)); "
-                  "path, notes = resolve_golden(cfg, sys.argv[2]); print(path); print(*notes, sep='\\n')")
+                  "found = find_golden(cfg, sys.argv[2]); print(found.path); print(*found.notes, sep='\\n')")
         return subprocess.run([sys.executable, "-c", script, str(model), REPO], capture_output=True, text=True,
                               timeout=300)
 

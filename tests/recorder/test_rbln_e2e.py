@@ -7,7 +7,7 @@ step whenever it admits a prefill), warm-up, ``RBLNSampler``, its model
 patches (``VLLM_RBLN_NUM_HIDDEN_LAYERS``), the Dynamo tracing of its model
 and sampler. What is stood in: the NPU compiler and runtime (rebel-compiler)
 and torch-rbln's ``torch.rbln`` module, and only those
-(``tests/rbln_standin/``: the compiled graphs run eagerly on the CPU, the
+(``tests/support/rbln_standin/``: the compiled graphs run eagerly on the CPU, the
 attention ops are a reference paged attention, the KV cache the plugin keeps
 on the meta device is backed by host memory). So numerics here are the CPU's,
 not the NPU's: every store must equal transformers float32 forced onto the
@@ -31,7 +31,7 @@ from pathlib import Path
 
 import pytest
 
-from tests import rbln_standin
+from tests.support import rbln_standin
 
 pytestmark = pytest.mark.rbln_e2e
 
@@ -89,7 +89,7 @@ def parity(*args: str, tmp: Path, ok: tuple[int, ...] = (0,)) -> subprocess.Comp
 def parity_rbln(*args: str, tmp: Path, ok: tuple[int, ...] = (0,)) -> tuple[subprocess.CompletedProcess, dict]:
     """The parity CLI with the plugin loaded and the NPU stood in; returns the process and its counters."""
     trace = tmp / f"trace-{os.urandom(4).hex()}.json"
-    proc = _run([sys.executable, "-m", "tests.recorder.rbln_traced_cli", *args], tmp, standin=True, ok=ok,
+    proc = _run([sys.executable, "-m", "tests.support.rbln_traced_cli", *args], tmp, standin=True, ok=ok,
                 extra_env={"PARITY_TEST_TRACE": str(trace)})
     return proc, json.loads(trace.read_text())
 
@@ -274,7 +274,7 @@ def test_dry_run_plan_is_what_the_plugin_accepts(work, models):
     plan_path.write_text(proc.stdout)
     plan = json.loads(proc.stdout)
     args, env = plan["engine_args"], plan["env"]
-    accepted = json.loads(_run([sys.executable, "-m", "tests.recorder.rbln_engine_config", str(plan_path)], work,
+    accepted = json.loads(_run([sys.executable, "-m", "tests.support.rbln_engine_config", str(plan_path)], work,
                                standin=True).stdout.strip().splitlines()[-1])
     assert accepted["platform"] == "vllm_rbln.platform.RblnPlatform"
     assert (accepted["scheduler"], accepted["worker"], accepted["runner"], accepted["sampler"]) == (

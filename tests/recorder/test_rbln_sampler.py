@@ -3,7 +3,7 @@
 The plugin's sampler code, its logits-processor set, its runner's padding
 helpers and vLLM 0.30's persistent ``InputBatch`` (which produces the
 ``BatchUpdate`` seen by every logits processor) are the real ones; only the
-NPU compiler is stood in for (``tests/rbln_standin/``: its compile backend
+NPU compiler is stood in for (``tests/support/rbln_standin/``: its compile backend
 runs the traced graph as is, and ``rbln::argmax`` is ``argmax(-1)``). Logits
 are what the plugin hands the sampler on decode: model dtype (bf16), one row
 per decode-bucket slot, rows past the live requests being padding.
@@ -25,7 +25,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from tests import rbln_standin
+from tests.support import rbln_standin
 
 pytestmark = pytest.mark.rbln_sampler
 
@@ -60,7 +60,7 @@ def rbln():
     """Stand-in compiler, plugin on sys.path, then the real modules. Undone (as far as possible) afterwards."""
     import logging
 
-    from tests import rbln_standin
+    from tests.support import rbln_standin
 
     saved_env = {k: os.environ.get(k) for k in ("VLLM_PLUGINS", "TORCH_DEVICE_BACKEND_AUTOLOAD")}
     rbln_standin.install()  # before anything below imports vLLM or torch

@@ -19,7 +19,7 @@ Everything else is real: vllm-rbln 0.12's code (its platform, config checks,
 worker, model runner, scheduler, warm-up, sampler, logits-processor set,
 model patches), vLLM 0.30 and torch. What the stand-in cannot show (NPU
 numerics, the compiled graphs, device-resident logits, the dynamic KV cache)
-is listed in README.md, "What runs where".
+is listed in docs/npu-host.md, "What runs where".
 
 Two ways in:
 
@@ -39,7 +39,7 @@ import sys
 from pathlib import Path
 
 SITE = Path(__file__).resolve().parent / "site"
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 REQUIRE_ENV = "PARITY_REQUIRE_RBLN"
 
 # Graphs handed to the stand-in compile backend, newest last (set by install()):
@@ -112,7 +112,7 @@ def unavailable(*, need_alias: bool = False) -> str | None:
         return f"needs vllm-rbln 0.12.0 in {where} (found {dists})"
     if need_alias and not list(where.glob("vllm-*.dist-info")):
         return (f"needs the metadata-only vllm distribution in {where} "
-                "(python -m tests.rbln_standin.alias_vllm); run `make test-vllm030`")
+                "(python -m tests.support.rbln_standin.alias_vllm); run `make test-vllm030`")
     return None
 
 

