@@ -1,4 +1,4 @@
-"""Hub references and the repository layout of goldens.
+"""The repository layout of goldens: where a store and its index files go in a goldens repo.
 
 Layout of a goldens dataset repo::
 

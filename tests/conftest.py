@@ -10,6 +10,10 @@ import os
 
 import pytest
 
+# The loopback Hub and its goldens, for tests of every package (it also sets the
+# client's environment before anything imports huggingface_hub).
+pytest_plugins = ["tests.support.hub_fixtures"]
+
 
 @pytest.fixture(scope="session", autouse=True)
 def parity_cache(tmp_path_factory):

@@ -1,4 +1,7 @@
-"""Fixtures for the goldens tests: a loopback Hub and synthetic stores.
+"""Fixtures for every test that talks to the Hub: a loopback Hub (`hub`) and small goldens (`stores`).
+
+Loaded as a pytest plugin by tests/conftest.py, so the goldens, recorder and
+workflows tests share one Hub.
 
 huggingface_hub reads HF_HUB_DISABLE_XET when it is imported, so it is set
 here, before anything imports the client (a Xet upload cannot go to a
@@ -21,7 +24,6 @@ from huggingface_hub.utils._runtime import is_xet_available  # noqa: E402
 
 from tests.support.hub_server import READ, READ_TOKEN, WRITE, WRITE_TOKEN, HubServer  # noqa: E402
 from tests.support.stores import simple_store  # noqa: E402
-
 
 
 @dataclass
