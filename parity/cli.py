@@ -107,6 +107,7 @@ def record(
     no_color: NoColor = False,
 ) -> None:
     """Record full-vocabulary logprobs for every position into a new store."""
+    # Over 80 lines only by its option list: typer reads the options from the signature.
     from parity.recorder import EngineOptions, RecordConfig, record as run_record
     from parity.workflows.against_golden import find_golden
 
