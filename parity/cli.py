@@ -256,6 +256,7 @@ def _print_diff(ref: Path, cand: Path, sink: Output, *, color: bool) -> None:
 def _resolve_any(ref: str, repo: str | None) -> Path:
     local = Path(ref).expanduser()
     if local.exists():
+        # Checked here too: a local store needs no Hub client (importing it costs a diff's start-up).
         return local
     from parity import goldens
 

@@ -118,7 +118,7 @@ def plan_recording(cfg: RecordConfig, *, check_out: bool = True, fetch_weights: 
     if keyed is None and cfg.check_device:
         profile.check_available()
 
-    golden_store = Store.open(cfg.golden) if cfg.golden else None
+    golden_store = Store.open(cfg.golden, fast_read=settings().fast_read) if cfg.golden else None
     inputs = _ModelInputs.of(keyed) if keyed is not None else _resolve_model_inputs(cfg, fetch_weights)
 
     trajectories = None
