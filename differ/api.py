@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import numbers
@@ -15,10 +16,13 @@ import numpy as np
 
 from parity.errors import ParityError, UsageError
 from parity.schemas import Store
+from parity.schemas.floorlink import open_floor
 from parity.settings import settings
 
 from . import assemble, floor, metrics
 from .assemble import Decode
+from .flips import TIE_STEPS, classify
+from .floor import FloorRule
 from .plan import Plan, build_plan, check_compatible
 from .report import Report
 from .stream import Progress, stream
@@ -43,6 +47,9 @@ def diff(
     progress: Progress | None = None,
     kernel: str | None = None,
     details: bool = False,
+    use_floor: bool = True,
+    floor_rule: FloorRule | bool = True,
+    tie_steps: float = TIE_STEPS,
 ) -> Report:
     """Compares two stores position by position; see the package docstring.
 
@@ -59,10 +66,20 @@ def diff(
     ``report.positions`` (and, with ``decode``, the texts of every id they and
     the tokens use in ``report.token_texts``) for the HTML report's hover. Off
     by default: it costs a top-5 selection per row and 40 bytes a position.
+
+    ``use_floor``: with no ``baseline``, use the noise floor the reference
+    carries (a golden recorded with ``--floor``). ``floor_rule``: the
+    per-position gate against the floor (``floor.FloorRule``; True: its
+    defaults; False: the floor is reported, not gated). ``tie_steps``: argmax
+    flips within this many of the candidate dtype's rounding steps are
+    near-ties (``flips``).
     """
+    reference, baseline = with_floor(reference, baseline, use_floor)
     max_floor_ratio = check_floor_ratio(max_floor_ratio, baseline)
     thresholds = thresholds or Thresholds()
-    opts = dict(eps=eps, top_n_rule=top_n_rule, worst=worst, decode=decode, progress=progress, kernel=kernel)
+    rule = _rule(floor_rule)
+    opts = dict(eps=eps, top_n_rule=top_n_rule, worst=worst, decode=decode, progress=progress, kernel=kernel,
+                tie_steps=tie_steps)
     t0 = time.perf_counter()
     if baseline is None:
         (s,), (texts,) = _summarise(reference, [candidate], [None], [details], **opts)
@@ -71,7 +88,7 @@ def diff(
         # The baseline only feeds the floor's summary: no details for it.
         (s, base), (texts, _) = _summarise(reference, [candidate, baseline], [None, "baseline"], [details, False],
                                            **opts)
-        report = assemble.report(s, thresholds, floor.measure(s, base, thresholds, max_floor_ratio), texts)
+        report = assemble.report(s, thresholds, floor.measure(s, base, thresholds, max_floor_ratio, rule), texts)
     log.info("diff done in %.2fs: verdict %s", time.perf_counter() - t0, report.verdict)
     return report
 
@@ -88,8 +105,9 @@ def compare(
     progress: Progress | None = None,
     kernel: str | None = None,
     details: bool | Sequence[bool] = False,
+    tie_steps: float = TIE_STEPS,
 ) -> list[Report]:
-    """One Report per candidate, as ``diff(reference, candidate)`` gives it.
+    """One Report per candidate, as ``diff(reference, candidate, use_floor=False)`` gives it.
 
     Candidates whose row pairs of a kind use the same reference rows (all
     recorded on the reference's forced trajectory, say) share one streaming
@@ -105,7 +123,7 @@ def compare(
     t0 = time.perf_counter()
     summaries, texts = _summarise(reference, candidates, _labels(len(candidates)), _flags(details, len(candidates)),
                                   eps=eps, top_n_rule=top_n_rule, worst=worst, decode=decode, progress=progress,
-                                  kernel=kernel)
+                                  kernel=kernel, tie_steps=tie_steps)
     reports = [assemble.report(s, thresholds, token_texts=t) for s, t in zip(summaries, texts)]
     log.info("compare done in %.2fs: verdicts %s", time.perf_counter() - t0, ", ".join(r.verdict for r in reports))
     return reports
@@ -125,11 +143,14 @@ def compare_to_floor(
     progress: Progress | None = None,
     kernel: str | None = None,
     details: bool = False,
+    floor_rule: FloorRule | bool = True,
+    tie_steps: float = TIE_STEPS,
 ) -> list[Report]:
     """``compare`` with a measured noise floor, ``diff(..., baseline=)`` for
     several candidates: the baseline is one more candidate of the same pass,
     and each report sets its candidate beside it."""
     max_floor_ratio = check_floor_ratio(max_floor_ratio, baseline)
+    rule = _rule(floor_rule)
     stores = [*candidates, baseline]
     thresholds = thresholds or Thresholds()
     t0 = time.perf_counter()
@@ -137,12 +158,31 @@ def compare_to_floor(
     (*summaries, base), texts = _summarise(reference, stores, _labels(len(stores)),
                                            [bool(details)] * len(candidates) + [False], eps=eps,
                                            top_n_rule=top_n_rule, worst=worst, decode=decode, progress=progress,
-                                           kernel=kernel)
+                                           kernel=kernel, tie_steps=tie_steps)
     # Each store's verdict before the floor's gate, the baseline's last: what this line has always listed.
     log.info("compare done in %.2fs: verdicts %s", time.perf_counter() - t0,
              ", ".join(judge(s, thresholds).verdict for s in (*summaries, base)))
-    return [assemble.report(s, thresholds, floor.measure(s, base, thresholds, max_floor_ratio), t)
+    return [assemble.report(s, thresholds, floor.measure(s, base, thresholds, max_floor_ratio, rule), t)
             for s, t in zip(summaries, texts)]
+
+
+def with_floor(reference: str | Path | Store, baseline, use_floor: bool) -> tuple[str | Path | Store, object]:
+    """(reference, baseline): with no baseline given, the floor the reference
+    carries (``use_floor``), opened and checked against its link."""
+    if baseline is not None or not use_floor:
+        return reference, baseline
+    ref = _open(reference)
+    linked = open_floor(ref, fast_read=settings().fast_read)
+    if linked is not None:
+        log.info("diff: using the noise floor %s (%s) the reference carries", linked.manifest.digest,
+                 ref.manifest.floor.kind)
+    return ref, linked
+
+
+def _rule(floor_rule: FloorRule | bool) -> FloorRule | None:
+    if floor_rule is True:
+        return FloorRule()
+    return floor_rule or None
 
 
 def check_floor_ratio(ratio: float | None, baseline) -> float | None:
@@ -187,7 +227,7 @@ def _checked(ref: Store, cand: Store, label: str | None) -> tuple[list[str], Pla
 
 def _summarise(reference, candidates: list, labels: list[str | None], details: list[bool], *, eps: float,
                top_n_rule: int, worst: int, decode: Decode | None, progress: Progress | None,
-               kernel: str | None) -> tuple[list[Summaries], list[dict[int, str]]]:
+               kernel: str | None, tie_steps: float = TIE_STEPS) -> tuple[list[Summaries], list[dict[int, str]]]:
     """(summaries, token texts) of every candidate, from one streaming pass
     per group of candidates on the same reference rows."""
     kernel = metrics.resolve_kernel(kernel or settings().diff_kernel)
@@ -206,6 +246,9 @@ def _summarise(reference, candidates: list, labels: list[str | None], details: l
         assemble.summarise(ref, cand, plan, warnings, pos, eps=eps, top_n_rule=top_n_rule, worst=worst, decode=decode)
         for cand, (warnings, plan), pos in zip(cands, checked, positions)
     ]
+    summaries = [dataclasses.replace(s, flips={kind: classify(s.positions[kind], s.candidate["dtype"], tie_steps)
+                                               for kind in s.positions if len(s.positions[kind]["kl"])})
+                 for s in summaries]
     texts = assemble.TokenTexts(decode)
     return summaries, [texts.of(s.positions) if want and decode is not None else {}
                        for s, want in zip(summaries, details)]

@@ -14,7 +14,7 @@ from parity.schemas import GENERATED, PROMPT, Store
 from . import metrics
 from .plan import KINDS, Plan
 from .report import Report
-from .summary import Summaries, kl_by_confidence, sequence_summary, summarize
+from .summary import Summaries, kl_by_confidence, kl_by_position, sequence_summary, summarize
 from .thresholds import Thresholds
 from .verdict import Gate, judge
 
@@ -50,6 +50,7 @@ def summarise(ref: Store, cand: Store, plan: Plan, warnings: list[str], position
         worst=tuple(worst_list),
         worst_detail=detail,
         kl_by_confidence=tuple(kl_by_confidence(gen)),
+        kl_by_position={GENERATED: kl_by_position(gen), PROMPT: kl_by_position(pr) if prompt is not None else None},
         eps=eps,
         top_n_rule=top_n_rule,
         positions=positions,
@@ -71,10 +72,12 @@ def report(s: Summaries, thresholds: Thresholds, floor: Gate | None = None,
         thresholds=thresholds,
         warnings=[*s.warnings, *(floor.warnings if floor is not None else ())],
         kl_by_confidence=list(s.kl_by_confidence),
+        kl_by_position=dict(s.kl_by_position),
         worst_detail=s.worst_detail,
         eps=s.eps,
         top_n_rule=s.top_n_rule,
         floor=floor.section if floor is not None else None,
+        flips=s.flips,
         verdict=v.verdict,
         failures=list(v.failures),
         positions=s.positions,

@@ -13,8 +13,9 @@ style) that opens in any current browser:
 * with several candidates (``compare``), a trend plot of KL mean/p99/max and
   top-1 agreement per candidate, and tabs that switch heatmap and sections;
 * the summaries of the terminal report: verdicts, failures, thresholds,
-  summary tables, the noise floor, worst positions, the worst position's
-  block, KL by confidence, a KL histogram, per-sequence tables.
+  summary tables (with the 95% intervals), the noise floor, worst positions,
+  the worst position's block, KL by confidence, KL against position (the
+  drift verdict, a chart, the bins), a KL histogram, per-sequence tables.
 
 Why a <canvas> and a few hundred lines of inline JavaScript rather than a
 plotting library: the heatmap is one cell per compared position, 500k cells
@@ -61,10 +62,10 @@ import numpy as np
 from parity.errors import UsageError
 from parity.schemas import GENERATED, PROMPT
 
-from .render import _baseline_label, _ratio_line, _thr, _tok, _x, fmt
+from .render import _baseline_label, _interval, _ratio_line, _se, _thr, _tok, _x, fmt
 from .report import Report
 from .summary import sequence_slice
-from .svg import KL_FLOOR, histogram, trend
+from .svg import KL_FLOOR, histogram, kl_by_position, trend
 
 log = logging.getLogger("parity")
 
@@ -388,7 +389,8 @@ def _summary_rows(s: dict) -> list[tuple[str, str]]:
         ("positions", str(s["positions"])), (f"KL mean{approx}", fmt(kl["mean"])), ("KL median", fmt(kl["median"])),
         ("KL p90", fmt(kl["p90"])), ("KL p99", fmt(kl["p99"])), ("KL p99.9", fmt(kl["p999"])),
         ("KL max", fmt(kl["max"])), ("non-finite KL", str(s["nonfinite_kl_positions"])),
-        ("top-1 agreement", fmt(s["top1_agreement"])), ("top-5 overlap", fmt(s["top5_overlap"])),
+        ("top-1 agreement", fmt(s["top1_agreement"])), *_interval_rows(s),
+        ("top-5 overlap", fmt(s["top5_overlap"])),
         ("top-10 overlap", fmt(s["top10_overlap"])), ("delta-p mean", fmt(s["delta_p"]["mean"])),
         ("delta-p RMS", fmt(s["delta_p"]["rms"])), ("max |delta|", fmt(s["max_abs"])),
         ("mean |delta|", fmt(s["mean_abs"])), ("pearson min", fmt(s["pearson"]["min"], 6)),
@@ -521,15 +523,48 @@ def _cand_section(r: Report, label: str, c: int, several: bool) -> str:
     if r.worst_detail:
         parts.append(_worst_detail_html(r.worst_detail))
     parts.append("<h3>KL by reference top-token confidence</h3>" + _table(
-        ["p(top)", "positions", "KL mean", "KL median", "KL max", "top-1"],
+        ["p(top)", "positions", "KL mean", "± SE", "KL median", "KL max", "top-1", "top-1 95% interval"],
         [[f"[{b['confidence'][0]:.2f}, {b['confidence'][1]:.2f}]", b["positions"], fmt(b["kl_mean"]),
-          fmt(b["kl_median"]), fmt(b["kl_max"]), fmt(b["top1_agreement"], 3)] for b in r.kl_by_confidence]))
+          _se(b.get("kl_mean_se")), fmt(b["kl_median"]), fmt(b["kl_max"]), fmt(b["top1_agreement"], 3),
+          _interval(b.get("top1_agreement_ci95"), 3)] for b in r.kl_by_confidence]))
+    parts.append(_position_html(r))
     gen = r.positions.get(GENERATED)
     parts.append("<h3>KL histogram (generated positions, log10 nats)</h3>"
                  + (histogram(gen["kl"]) if gen is not None and len(gen["kl"]) else "<p>no data</p>"))
     parts.append("<h3>Sequences</h3>" + _seq_table(r, c))
     parts.append("</section>")
     return "".join(parts)
+
+
+def _interval_rows(s: dict) -> list[tuple[str, str]]:
+    """The summary's standard errors and 95% intervals (summary.uncertain); none in an older summary."""
+    if "se_method" not in s:
+        return []
+    what = "sequences" if s["se_method"] == "by sequence" else "positions"
+    return [("KL mean SE", _se(s["kl_mean_se"])), ("KL mean 95% interval", _interval(s["kl_mean_ci95"])),
+            ("top-1 agreement SE", _se(s["top1_agreement_se"])),
+            ("top-1 agreement 95% interval", _interval(s["top1_agreement_ci95"])),
+            ("SE method", f"{s['se_method']} ({s['se_clusters']} {what})")]
+
+
+def _position_html(r: Report) -> str:
+    """KL against absolute position per row kind: the drift verdict, a chart, the bins."""
+    e = html.escape
+    parts = []
+    for kind, p in r.kl_by_position.items():
+        if not p:
+            continue
+        verdict = f'<p class="warn"><b>{e(p["verdict"])}</b></p>' if p["drift"] else f"<p>{e(p['verdict'])}</p>"
+        rows = [[f"{b['position'][0]}-{b['position'][1]}", b["positions"], b["sequences"], fmt(b["kl_mean"]),
+                 _se(b["kl_mean_se"]), fmt(b["kl_p99"]), fmt(b["top1_agreement"], 3),
+                 _interval(b.get("top1_agreement_ci95"), 3)] for b in p["bins"]]
+        parts.append(f"<h4>{e(kind)} positions</h4>" + verdict + kl_by_position(p["bins"]) + _table(
+            ["position", "positions", "sequences", "KL mean", "± SE", "KL p99", "top-1", "top-1 95% interval"], rows))
+    if not parts:
+        return ""
+    return ("<h3>KL against position</h3><p class=\"small mute\">Compared positions grouped by absolute position "
+            "in the sequence (bins double in width from 16 on); slope: least squares of KL on position, "
+            "its SE clustered by sequence.</p>" + "".join(parts))
 
 
 def _heatmap(meta: dict, detail_cap: int) -> str:

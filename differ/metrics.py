@@ -64,6 +64,14 @@ FIELDS: dict[str, type] = {
     "ref_conf": np.float64,  # reference's top-token probability
     "approx": np.bool_,  # KL restricted to listed top-N ids, renormalised
 }
+# Filled by ``flips`` after a kernel, where the argmaxes disagree (NaN / 0 elsewhere).
+FLIP_FIELDS: dict[str, type] = {
+    "flip_gap": np.float64,  # ref logprob of its top token minus of the candidate's top token (>= 0)
+    "flip_rank": np.int64,  # 1-based rank of the candidate's top token in the reference row (0: no flip)
+    "ref_logit": np.float64,  # the reference's top logit, estimated as its top logprob minus the row's mean
+}
+# Rank given to a candidate top token that a top-N reference row does not list.
+UNLISTED_RANK = np.iinfo(np.int32).max
 
 # Elements per sub-block for the float64 temporaries: small enough to stay in
 # cache, which roughly halves the time of the memory-bound passes.
@@ -79,8 +87,10 @@ def _rowdot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.einsum("ij,ij->i", a, b)
 
 
-def empty(rows: int) -> dict[str, np.ndarray]:
-    return {k: np.zeros(rows, dtype=t) for k, t in FIELDS.items()}
+def empty(rows: int, *, flips: bool = False) -> dict[str, np.ndarray]:
+    """Zeroed arrays of every kernel field (and with ``flips``, of ``FLIP_FIELDS``)."""
+    fields = {**FIELDS, **FLIP_FIELDS} if flips else FIELDS
+    return {k: np.zeros(rows, dtype=t) for k, t in fields.items()}
 
 
 def topk(rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -404,6 +414,45 @@ class Side:
         lid, _ = self.listed(0)
         eq = lid == ids[:, None]
         return np.where(eq.any(axis=1), eq.argmax(axis=1) + 1, np.nan).astype(np.float64)
+
+
+def flips(ref: Side, got: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``flip_gap``, ``flip_rank`` and ``ref_logit`` of a block whose other
+    metrics are ``got``: computed for the rows whose argmaxes disagree only
+    (rare, so a pass over those rows costs nothing on a faithful run).
+
+    Logits are not stored, only logprobs, which are logits shifted by the row's
+    log-sum-exp; the top logit is estimated as the top logprob minus the mean
+    of the row's finite logprobs, i.e. as if the logits had mean zero. It sets
+    the scale of the rounding step a flip's gap is measured in (``differ.flips``).
+    """
+    n = len(got["top1"])
+    out = {"flip_gap": np.full(n, np.nan), "flip_rank": np.zeros(n, np.int64), "ref_logit": np.full(n, np.nan)}
+    rows = np.flatnonzero(~got["top1"])
+    if not len(rows):
+        return out
+    cand_top = got["cand_top"][rows]
+    ref_top = got["ref_top"][rows]
+    if ref.full:
+        x = ref.values[rows].astype(np.float64)
+        top_v = np.take_along_axis(x, ref_top[:, None], axis=1)[:, 0]
+        cand_v = np.take_along_axis(x, cand_top[:, None], axis=1)[:, 0]
+        rank = np.count_nonzero(x > cand_v[:, None], axis=1) + 1
+        finite = np.isfinite(x)
+        mean = np.where(finite, x, 0).sum(axis=1) / np.maximum(finite.sum(axis=1), 1)
+        out["ref_logit"][rows] = top_v - mean
+    else:
+        ids, vals = ref.listed(0)
+        ids, vals = ids[rows], vals[rows].astype(np.float64)
+        top_v = vals[:, 0]
+        eq = ids == cand_top[:, None]
+        listed = eq.any(axis=1)
+        # Unlisted: the gap is at least the one to the last listed entry.
+        cand_v = np.where(listed, np.take_along_axis(vals, eq.argmax(axis=1)[:, None], axis=1)[:, 0], vals[:, -1])
+        rank = np.where(listed, eq.argmax(axis=1) + 1, UNLISTED_RANK)
+    out["flip_gap"][rows] = top_v - cand_v
+    out["flip_rank"][rows] = rank
+    return out
 
 
 def topn_block(ref: Side, cand: Side, eps: float) -> dict[str, np.ndarray]:

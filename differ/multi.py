@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 from typing import Sequence
 
-from .api import check_floor_ratio, compare, compare_to_floor
+from .api import check_floor_ratio, with_floor, compare, compare_to_floor
 from .render import _Style, fmt
 from .report import Report, jsonable, write_atomic
 
@@ -24,12 +24,15 @@ LABEL_VERSIONS = ("rebel-compiler", "vllm-rbln", "optimum-rbln", "torch-rbln", "
 
 
 def compare_all(reference, candidates: Sequence, *, baseline=None, max_floor_ratio: float | None = None,
-                **opts) -> list[Report]:
-    """One report per candidate from one pass over the reference; with ``baseline``, each gets the floor."""
+                use_floor: bool = True, floor_rule=True, **opts) -> list[Report]:
+    """One report per candidate from one pass over the reference; with
+    ``baseline`` (or the floor the reference carries, ``use_floor``), each gets the floor."""
+    reference, baseline = with_floor(reference, baseline, use_floor)
     max_floor_ratio = check_floor_ratio(max_floor_ratio, baseline)
     if baseline is None:
         return compare(reference, list(candidates), **opts)
-    return compare_to_floor(reference, list(candidates), baseline, max_floor_ratio=max_floor_ratio, **opts)
+    return compare_to_floor(reference, list(candidates), baseline, max_floor_ratio=max_floor_ratio,
+                            floor_rule=floor_rule, **opts)
 
 
 def labels(reports: Sequence[Report]) -> list[str]:
@@ -73,8 +76,15 @@ def _rows(r: Report) -> list[tuple[str, str]]:
     ]
     if r.prompt and r.prompt["positions"]:
         rows.append(("prompt KL max", fmt(r.prompt["kl"]["max"])))
+    drift = (r.kl_by_position or {}).get("generated") or {}
+    rows.append(("KL vs position", f"DRIFT {fmt(drift.get('slope_per_1k'), 2)}/1k" if drift.get("drift") else "-"))
+    rows.append(("flips near/real/garbage", "/".join(
+        str(sum(f[c] for f in r.flips.values())) for c in ("near-tie", "real", "garbage"))))
     if r.floor is not None:
         rows.append(("KL p99 / floor", fmt(r.floor["ratios"]["kl_p99"], 3) + "x"))
+        for kind, p in (r.floor.get("per_position") or {}).items():
+            if p is not None:
+                rows.append((f"{kind} within floor", f"{100 * p['fraction_within']:.1f}%"))
     return rows
 
 

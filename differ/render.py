@@ -80,6 +80,7 @@ def _summary_lines(s: dict, st: _Style) -> list[str]:
         f"outliers: {s['outliers']}   rank of ref top token in cand: mean {fmt(s['rank']['mean'], 2)} "
         f"max {fmt(s['rank']['max'], 0)}",
     ]
+    lines += _interval_lines(s)
     if s.get("token_match_rate") is not None:
         lines.append(f"  token match rate: {fmt(s['token_match_rate'])}")
     return lines
@@ -133,10 +134,14 @@ def render_text(report: Report, color: bool = True) -> str:
     for w in r.warnings:
         out.append(st.yellow(f"  warning: {w}"))
     out += ["", st.bold("Generated positions"), *_summary_lines(r.summary, st)]
+    out += _drift_lines(r.kl_by_position.get("generated"), st)
     if r.prompt:
         out += ["", st.bold("Prompt positions"), *_summary_lines(r.prompt, st)]
+        out += _drift_lines(r.kl_by_position.get("prompt"), st)
     if r.floor:
-        out += ["", st.bold("Noise floor (baseline vs reference)"), *_floor_lines(r.floor, st)]
+        out += ["", st.bold("Noise floor (baseline vs reference)"), *_floor_lines(r.floor, st),
+                *_floor_gate_lines(r.floor, st)]
+    out += _flip_lines(r.flips, st)
 
     out += ["", st.bold("Sequences"),
             f"  {'seq':>4} {'positions':>9} {'first div':>9} {'KL mean':>11} {'KL max':>11} {'top-1':>7}  vLLM rule"]
@@ -151,11 +156,14 @@ def render_text(report: Report, color: bool = True) -> str:
         out.append(st.dim(f"  ... {len(r.sequences) - MAX_SEQ_ROWS} more sequences (see --json / --html)"))
 
     out += ["", st.bold("KL by reference top-token confidence"),
-            f"  {'p(top)':>13} {'positions':>9} {'KL mean':>11} {'KL median':>11} {'KL max':>11} {'top-1':>7}"]
+            f"  {'p(top)':>13} {'positions':>9} {'KL mean':>11} {'± SE':>10} {'KL median':>11} {'KL max':>11} "
+            f"{'top-1':>7}"]
     for b in r.kl_by_confidence:
         lo, hi = b["confidence"]
         out.append(f"  {f'[{lo:.2f}, {hi:.2f}]':>13} {b['positions']:>9} {fmt(b['kl_mean']):>11} "
-                   f"{fmt(b['kl_median']):>11} {fmt(b['kl_max']):>11} {fmt(b['top1_agreement'], 3):>7}")
+                   f"{_se(b.get('kl_mean_se')):>10} {fmt(b['kl_median']):>11} {fmt(b['kl_max']):>11} "
+                   f"{fmt(b['top1_agreement'], 3):>7}")
+    out += _position_tables(r, st)
 
     if r.worst:
         out += ["", st.bold("Worst positions"),
@@ -183,7 +191,52 @@ def _thr(r: Report) -> str:
     items = [(k, v) for k, v in r.thresholds.to_dict().items() if v is not None]
     if r.floor and r.floor["max_floor_ratio"] is not None:
         items.append(("max_floor_ratio", r.floor["max_floor_ratio"]))
+    rule = r.floor.get("rule") if r.floor else None
+    if rule:
+        items += [(f"floor {k}", v) for k, v in rule.items()]
     return ", ".join(f"{k}={v:g}" for k, v in items)
+
+
+def _floor_gate_lines(f: dict, st: _Style) -> list[str]:
+    """The per-position gate: how much of each kind sits within the floor, the sigma ratios, the worst ratios."""
+    rule, parts = f.get("rule"), f.get("per_position") or {}
+    if not rule:
+        return []
+    lines = [f"  per position: within {rule['ratio']:g}x the floor (+{rule['kl_eps']:g} KL, +{rule['abs_eps']:g} "
+             f"|delta|) at >= {100 * rule['min_fraction']:g}% of positions, sigma ratios <= {rule['max_sigma_ratio']:g}"]
+    for kind, p in parts.items():
+        if p is None:
+            continue
+        ok = p["fraction_within"] >= rule["min_fraction"] and all(
+            p[k] is None or p[k] <= rule["max_sigma_ratio"] for k in ("sigma_ratio_kl", "sigma_ratio_abs"))
+        line = (f"  {kind:<9}  within at {100 * p['fraction_within']:.1f}% of {p['positions']} (KL "
+                f"{100 * p['fraction_within_kl']:.1f}%, |delta| {100 * p['fraction_within_abs']:.1f}%); sigma ratio "
+                f"KL {_x(p['sigma_ratio_kl'])}, |delta| {_x(p['sigma_ratio_abs'])}")
+        lines.append(st.green(line) if ok else st.red(line))
+        worst = [w for w in p["worst_ratio"] if w["ratio"] is None or w["ratio"] > 1][:3]
+        if worst:
+            lines.append(st.dim("             worst ratio: " + "; ".join(
+                f"seq {w['sequence']} pos {w['position']} KL {fmt(w['kl'], 2)} vs {fmt(w['floor_kl'], 2)}"
+                for w in worst)))
+    return lines
+
+
+def _flip_lines(flips: dict, st: _Style) -> list[str]:
+    """Argmax flips by class, with the widest listed."""
+    if not any(f["flips"] for f in flips.values()):
+        return []
+    lines = ["", st.bold("Argmax flips (reference top-1 gap in the candidate dtype's rounding steps)")]
+    for kind, f in flips.items():
+        if not f["flips"]:
+            continue
+        head = (f"  {kind:<9}  {f['flips']} flips: {f['near-tie']} near-ties (<= {f['tie_steps']:g} {f['dtype']} "
+                f"steps), {f['real']} real, {f['garbage']} outside the reference's top-{f['garbage_rank']}")
+        lines.append(st.red(head) if f["garbage"] else head)
+        for x in f["listed"][:5]:
+            steps = "n/a" if x["steps"] is None else f"{x['steps']:.1f}"
+            lines.append(st.dim(f"             seq {x['sequence']} pos {x['position']}: {x['class']}, gap "
+                                f"{fmt(x['gap'], 3)} = {steps} steps, candidate token rank {x['rank_in_reference']}"))
+    return lines
 
 
 def _baseline_label(f: dict) -> str:
@@ -227,3 +280,44 @@ def _floor_lines(f: dict, st: _Style) -> list[str]:
     lines += [st.dim(f"  baseline: {w}") for w in f["warnings"]]
     return lines
 
+
+def _se(x: float | None) -> str:
+    """A standard error, two significant digits: enough to read a mean's precision by."""
+    return "n/a" if x is None else f"{x:.1e}"
+
+
+def _interval(ci: list | None, digits: int = 4) -> str:
+    return "n/a" if ci is None else f"[{fmt(ci[0], digits)}, {fmt(ci[1], digits)}]"
+
+
+def _interval_lines(s: dict) -> list[str]:
+    """The 95% intervals of the KL mean and top-1 agreement (summary.uncertain)."""
+    if "se_method" not in s or not s["positions"]:
+        return []
+    what = "sequences" if s["se_method"] == "by sequence" else "positions"
+    return [f"  95% intervals ({s['se_method']}, {s['se_clusters']} {what}): KL mean {_interval(s['kl_mean_ci95'])} "
+            f"(SE {_se(s['kl_mean_se'])})   top-1 agreement {_interval(s['top1_agreement_ci95'])} "
+            f"(SE {_se(s['top1_agreement_se'])})"]
+
+
+def _drift_lines(p: dict | None, st: _Style) -> list[str]:
+    """KL against position in one line: the drift named (in yellow), or the flat slope."""
+    if not p:
+        return []
+    return [("  " + st.yellow(p["verdict"])) if p["drift"] else f"  {p['verdict']}"]
+
+
+def _position_tables(r: Report, st: _Style) -> list[str]:
+    """Per kind, KL by bins of absolute position (summary.kl_by_position)."""
+    out: list[str] = []
+    for kind, p in r.kl_by_position.items():
+        if not p:
+            continue
+        out += ["", st.bold(f"KL by {kind} position (absolute position in the sequence)"),
+                f"  {'position':>13} {'positions':>9} {'seqs':>5} {'KL mean':>11} {'± SE':>10} {'KL p99':>11} "
+                f"{'top-1':>7}"]
+        for b in p["bins"]:
+            lo, hi = b["position"]
+            out.append(f"  {f'{lo}-{hi}':>13} {b['positions']:>9} {b['sequences']:>5} {fmt(b['kl_mean']):>11} "
+                       f"{_se(b['kl_mean_se']):>10} {fmt(b['kl_p99']):>11} {fmt(b['top1_agreement'], 3):>7}")
+    return out

@@ -59,11 +59,15 @@ class Report:
     thresholds: Thresholds
     warnings: list[str] = field(default_factory=list)
     kl_by_confidence: list[dict] = field(default_factory=list)
+    # KL against absolute position by row kind (summary.kl_by_position): bins, slope, drift verdict.
+    kl_by_position: dict = field(default_factory=dict)
     worst_detail: dict | None = None
     eps: float = 0.5
     top_n_rule: int = 5
     # Baseline vs reference and the candidate's ratios to it (floor.py); None without a baseline.
     floor: dict | None = None
+    # Argmax flips by row kind, classified (flips.py).
+    flips: dict = field(default_factory=dict)
     verdict: str = "report"
     failures: list[str] = field(default_factory=list)
     # Per-position arrays by row kind ("generated", "prompt"); not in the JSON.
@@ -92,10 +96,12 @@ class Report:
             "forced_trajectory": self.forced,
             "prompt": self.prompt,
             "kl_by_confidence": self.kl_by_confidence,
+            "kl_by_position": self.kl_by_position,
             "worst_detail": self.worst_detail,
             "eps": self.eps,
             "top_n_rule": self.top_n_rule,
             "floor": self.floor,
+            "flips": self.flips,
         }
 
     def to_json(self) -> str:

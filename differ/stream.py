@@ -138,7 +138,7 @@ def compare_group(ref: Store, cands: Sequence[Store], kind: str, pairs: Sequence
     shared by the candidates of the group.
     """
     n = len(pairs[0])
-    outs = [metrics.empty(n) for _ in cands]
+    outs = [metrics.empty(n, flips=True) for _ in cands]
     want = [bool(details)] * len(cands) if isinstance(details, (bool, np.bool_)) else [bool(d) for d in details]
     if any(want):
         ref_ids, ref_lp = _detail_arrays(n)
@@ -163,6 +163,7 @@ def compare_group(ref: Store, cands: Sequence[Store], kind: str, pairs: Sequence
                 got = metrics.full_block(x, y, eps, kernel, top_ids=w)
             else:
                 got = metrics.topn_block(metrics.Side(x, xi), metrics.Side(y, yi), eps)
+            got.update(metrics.flips(metrics.Side(x, xi), got))
             entries = None
             if w:
                 # Full rows: the kernel's own top ids, so details cost no second pass.

@@ -1,7 +1,7 @@
 """The reports' static charts as inline SVG, readable without JavaScript: the
-diff page's KL histogram and trend across candidates, and bisect's KL
-against depth. One element writer, number format and log-decade grid for all
-of them; each chart keeps its own layout and colours.
+diff page's KL histogram, KL by position and trend across candidates, and
+bisect's KL against depth. One element writer, number format and log-decade
+grid for all of them; each chart keeps its own layout and colours.
 """
 
 from __future__ import annotations
@@ -198,3 +198,49 @@ def kl_by_depth(depths: Sequence[int], kl: Sequence[dict], verdicts: Sequence[st
                    + el("text", "first drift", x=fx + 4, y=pad + 12, font_size=12, fill="#c00"))
     legend = " ".join(f'<span style="color:{c}">&#9632; KL {k}</span>' for k, c in DEPTH_SERIES)
     return f"{_svg(w, h, 'KL against depth', svg)}<p>{legend}</p>"
+
+
+POSITION_SERIES = (("kl_mean", "#1f77b4"), ("kl_p99", "#ff7f0e"))
+
+
+def kl_by_position(bins: Sequence[dict], w: int = 900, h: int = 220) -> str:
+    """KL mean (with its 95% interval as a bar) and p99 per bin of absolute
+    position (``summary.kl_by_position``'s bins, in position order) on a log
+    scale, with its legend."""
+    pad_l, pad_r, pad_t, pad_b = 56, 16, 12, 36
+    vals = [v for b in bins for v in (b.get("kl_mean"), b.get("kl_p99"), *(b.get("kl_mean_ci95") or ()))
+            if v is not None and math.isfinite(v) and v > 0]
+    logs = [math.log10(max(v, KL_FLOOR)) for v in vals]
+    lo, hi = (math.floor(min(logs)), math.ceil(max(logs))) if logs else (-8, 0)
+    hi = max(hi, lo + 1)
+    n = max(len(bins), 1)
+
+    def x(i: int) -> float:
+        return pad_l + (w - pad_l - pad_r) * ((i + 0.5) / n)
+
+    def ey(e: float) -> float:
+        return pad_t + (h - pad_t - pad_b) * (1 - (e - lo) / (hi - lo))
+
+    def ky(v: float) -> float:
+        return ey(math.log10(max(v, KL_FLOOR)))
+
+    p = [el("rect", x=pad_l, y=pad_t, width=w - pad_l - pad_r, height=h - pad_t - pad_b, fill="#fafbfc",
+            stroke="#d1d9e0")]
+    p += _decades(lo, hi, ey, pad_l, w - pad_r, "#eaeef2", pad_l - 4)
+    for i, b in enumerate(bins):
+        a, z = b["position"]
+        # 65536-131071 as 64k-128k: fourteen bins of 128k positions fit side by side.
+        label = f"{a // 1024}k-{(z + 1) // 1024}k" if a >= 1024 else f"{a}-{z}"
+        p.append(el("text", label, x=x(i), y=h - pad_b + 14, text_anchor="middle"))
+        ci = b.get("kl_mean_ci95")
+        if ci and all(v is not None and math.isfinite(v) for v in ci):
+            p.append(el("line", x1=x(i), x2=x(i), y1=ky(ci[0]), y2=ky(ci[1]), stroke="#1f77b4", stroke_width=2,
+                        opacity="0.5"))
+    p.append(el("text", "absolute position (bins)", x=f"{(pad_l + w - pad_r) / 2:.0f}", y=h - 4, text_anchor="middle"))
+    for key, colour in POSITION_SERIES:
+        p += _series([(x(i), ky(b[key]), f"{b['position'][0]}-{b['position'][1]}: KL {key[3:]} {fmt(b[key])} "
+                       f"({b['positions']} positions)", colour)
+                      for i, b in enumerate(bins) if b.get(key) is not None and math.isfinite(b[key])], colour)
+    legend = ('<span style="color:#1f77b4">&#9679; KL mean (bar: 95% interval)</span> '
+              '<span style="color:#ff7f0e">&#9679; KL p99 (bins of 100+ positions)</span>')
+    return f'<div>{_svg(w, h, "KL by position", p)}</div><p class="small">{legend}</p>'

@@ -31,9 +31,10 @@ def judge(summaries: Summaries, thresholds: Thresholds, floor: Gate | None = Non
     Any gate (a threshold or ``max_floor_ratio``) turns on the checks that
     need none (NaN positions, vLLM's rule at the first divergence).
     """
+    garbage = _garbage_failures(summaries)
     if thresholds.is_empty() and not (floor is not None and floor.gated):
-        return Verdict("report")
-    failures: list[str] = []
+        return Verdict("fail", tuple(garbage)) if garbage else Verdict("report")
+    failures: list[str] = list(garbage)
     parts = [("generated", summaries.generated)]
     if summaries.prompt and summaries.prompt["positions"]:
         parts.append(("prompt", summaries.prompt))
@@ -50,6 +51,23 @@ def judge(summaries: Summaries, thresholds: Thresholds, floor: Gate | None = Non
                 f"{seq['first_divergence']}) a token is outside the other side's top-{div['top_n']}"
             )
     return Verdict("fail" if failures else "pass", tuple(failures))
+
+
+def _garbage_failures(summaries: Summaries) -> list[str]:
+    """Forced positions whose candidate argmax is outside the reference's top
+    GARBAGE_RANK: a failure whatever the thresholds (``flips``)."""
+    if not summaries.forced:
+        return []
+    out = []
+    for kind, f in summaries.flips.items():
+        if f.get("garbage"):
+            first = next(x for x in f["listed"] if x["class"] == "garbage") if any(
+                x["class"] == "garbage" for x in f["listed"]) else None
+            where = (f": first listed at sequence {first['sequence']} position {first['position']} (rank "
+                     f"{first['rank_in_reference']} in the reference)") if first else ""
+            out.append(f"{kind}: {f['garbage']} forced positions where the candidate's top token is outside the "
+                       f"reference's top-{f['garbage_rank']}{where}")
+    return out
 
 
 def _threshold_failures(label: str, s: dict, t: Thresholds) -> list[str]:

@@ -43,6 +43,9 @@ class GoldenEntry:
     num_hidden_layers: int | None = None
     weights_digest: str | None = None
     prompts: int = 0  # 0: unknown (index files written before the field)
+    # The noise floor stored inside the golden's directory: its digest and kind (None: no floor).
+    floor: str | None = None
+    floor_kind: str | None = None
     repo: str | None = field(default=None, compare=False)
     revision: str | None = field(default=None, compare=False)
 
@@ -71,6 +74,8 @@ class GoldenEntry:
             num_hidden_layers=manifest.request.num_hidden_layers,
             weights_digest=manifest.request.model.weights_digest,
             prompts=len(manifest.request.prompts),
+            floor=manifest.floor.digest if manifest.floor is not None else None,
+            floor_kind=manifest.floor.kind if manifest.floor is not None else None,
         )
 
     @classmethod
@@ -101,6 +106,8 @@ class GoldenEntry:
             num_hidden_layers=None if d.get("num_hidden_layers") is None else int(d["num_hidden_layers"]),
             weights_digest=d.get("weights_digest"),
             prompts=int(d.get("prompts") or 0),
+            floor=None if d.get("floor") is None else str(d["floor"]),
+            floor_kind=None if d.get("floor_kind") is None else str(d["floor_kind"]),
             repo=repo,
             revision=revision,
         )

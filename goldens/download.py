@@ -13,7 +13,8 @@ from huggingface_hub import snapshot_download
 
 from parity.errors import GoldenNotFoundError, NotAStoreError, StoreCorruptError, StoreNotFoundError, UsageError
 from parity.hub import REPO_TYPE, Hub, HubRef, call, check_repo, is_hub_reference
-from parity.schemas import STORE_SUFFIX, Store
+from parity.schemas.floorlink import verify_with_floor
+from parity.schemas import STORE_SUFFIX
 from parity.schemas.digest import parse_tagged
 from parity.settings import settings
 
@@ -59,7 +60,7 @@ def _download(hub: Hub, ref: HubRef, *, force: bool = False) -> Path:
 def _verified(hub: Hub, ref: HubRef, expect: str | None) -> Path:
     local = _download(hub, ref)
     try:
-        manifest = Store.open(local, fast_read=settings().fast_read).verify()
+        manifest = verify_with_floor(local, fast_read=settings().fast_read)
     except (StoreCorruptError, NotAStoreError):
         if hub.offline:
             raise
@@ -67,7 +68,7 @@ def _verified(hub: Hub, ref: HubRef, expect: str | None) -> Path:
         log.warning("cached copy of %s failed verification; downloading it again", ref)
         local = _download(hub, ref, force=True)
         try:
-            manifest = Store.open(local, fast_read=settings().fast_read).verify()
+            manifest = verify_with_floor(local, fast_read=settings().fast_read)
         except (StoreCorruptError, NotAStoreError) as e:
             raise StoreCorruptError(
                 f"{ref} as served by {hub.endpoint} fails verification: {e}",

@@ -13,6 +13,7 @@ from huggingface_hub.errors import RemoteEntryNotFoundError
 from parity.errors import GoldenNotFoundError, HubError, ParityError
 from parity.hub import REPO_TYPE, Hub, call, check_repo
 from parity.schemas import STORE_SUFFIX, Store
+from parity.schemas.floorlink import store_files
 from parity.settings import settings
 
 from .catalog import GoldenEntry, NewerCatalog, newest_first, parse_catalog, read_index_dir
@@ -158,7 +159,7 @@ def _cached_stores(hub: Hub, repo: str, sha: str, known: set[str]) -> list[Golde
             continue
         if manifest.digest in known:
             continue
-        files = [p for p in path.rglob("*") if p.is_file()]
+        files = store_files(path, manifest)
         entry = GoldenEntry.from_manifest(manifest, size=sum(p.stat().st_size for p in files), files=len(files))
         out.append(replace(entry, path=path.relative_to(root).as_posix(), repo=repo, revision=sha))
     return out

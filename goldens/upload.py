@@ -19,6 +19,7 @@ from parity import hub as hub_
 from parity.errors import HubError, UsageError
 from parity.hub import REPO_TYPE, Hub, HubRef, StaleHeadError, call, check_repo
 from parity.schemas import Manifest, Store
+from parity.schemas.floorlink import store_files, verify_with_floor
 from parity.settings import settings
 
 from . import card as card_
@@ -56,8 +57,8 @@ class _Staged:
     @classmethod
     def verify(cls, path: Path | str) -> "_Staged":
         store = Store.open(path, fast_read=settings().fast_read)
-        manifest = store.verify()
-        files = tuple(sorted(p for p in store.path.rglob("*") if p.is_file()))
+        manifest = verify_with_floor(path, fast_read=settings().fast_read)
+        files = tuple(store_files(store.path, manifest))
         entry = GoldenEntry.from_manifest(manifest, size=sum(p.stat().st_size for p in files), files=len(files))
         return cls(store, manifest, entry, files)
 
@@ -81,7 +82,13 @@ class _Base:
     todo: tuple[_Staged, ...]
 
     def uploads(self, staged: _Staged) -> bool:
-        return staged.digest not in self.on_hub
+        return _needs_upload(staged, self.on_hub)
+
+
+def _needs_upload(staged: _Staged, on_hub: dict[str, GoldenEntry]) -> bool:
+    """Not on the repo yet, or there without the noise floor it now carries."""
+    listed = on_hub.get(staged.digest)
+    return listed is None or (staged.entry.floor is not None and listed.floor != staged.entry.floor)
 
 
 def push(store_path_: Path | str, repo: str, *, private: bool = False, token=None, endpoint=None, cache_dir=None) -> PushResult:
@@ -147,7 +154,7 @@ def _commit_with_retries(hub: Hub, repo: str, staged: list[_Staged], *, private:
 def _read_base(hub: Hub, api, repo: str, staged: list[_Staged], *, private: bool, what: str) -> _Base:
     head = call(lambda: _head_or_create(api, repo, private), hub=hub, repo=repo, what=what)
     on_hub = {e.digest: e for e in remote_entries(hub, repo, head, what, writing=True)}
-    return _Base(head, on_hub, tuple(s for s in staged if s.digest not in on_hub))
+    return _Base(head, on_hub, tuple(s for s in staged if _needs_upload(s, on_hub)))
 
 
 def _head_or_create(api, repo: str, private: bool) -> Head:
@@ -164,7 +171,8 @@ def _head_or_create(api, repo: str, private: bool) -> Head:
 
 def _commit(hub: Hub, api, repo: str, base: _Base, what: str) -> str:
     """Commits ``base.todo`` with index.json and the card rewritten, ``base.head`` as parent; the new commit's id."""
-    listed = newest_first([*base.on_hub.values(), *(s.entry for s in base.todo)])
+    replaced = {s.digest for s in base.todo}  # a golden uploaded again with its floor: its new entry
+    listed = newest_first([*(e for d, e in base.on_hub.items() if d not in replaced), *(s.entry for s in base.todo)])
     readme = fetch_file(hub, repo, base.head.sha, CARD_FILE, what) if base.head.may_have(CARD_FILE) else None
     card_text = card_.render(repo, listed, None if readme is None else readme.decode("utf-8-sig", errors="replace"))
     info = call(lambda: _create_commit(api, repo, base, listed, card_text, what), hub=hub, repo=repo, what=what)

@@ -7,6 +7,7 @@ imported inside the commands that need them, so `parity diff --help` is fast.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import sys
@@ -42,6 +43,12 @@ MinTop1 = Annotated[Optional[float], typer.Option("--min-top1", help="Minimum ar
 MaxAbs = Annotated[Optional[float], typer.Option("--max-abs", help="Maximum |delta logprob|.")]
 Tolerance = Annotated[Optional[str], typer.Option("--tolerance", help="Named thresholds: fp32 | bf16.")]
 Eps = Annotated[float, typer.Option("--eps", help="Outlier threshold on |delta logprob|.")]
+NoFloor = Annotated[bool, typer.Option("--no-floor", help="Ignore the noise floor the reference (a golden recorded with --floor) carries.")]
+FloorGate = Annotated[bool, typer.Option("--floor-gate/--no-floor-gate", help="Judge the candidate position by position against the floor (default), or only report it.")]
+FloorRatio = Annotated[Optional[float], typer.Option("--floor-ratio", help="Per position: the candidate's KL and |delta| within R times the floor's (default 4).")]
+FloorFraction = Annotated[Optional[float], typer.Option("--floor-fraction", help="Fraction of positions that must be within the floor (default 0.95).")]
+MaxSigmaRatio = Annotated[Optional[float], typer.Option("--max-sigma-ratio", help="Largest RMS error ratio to the floor across positions (default 2).")]
+TieSteps = Annotated[Optional[float], typer.Option("--tie-steps", help="Argmax flips within this many rounding steps of the candidate's dtype are near-ties (default 2).")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="cpu | rbln | hf (transformers float32 reference).")]
 ModelOpt = Annotated[str, typer.Option("--model", help="Preset name, Hugging Face id (downloaded on first use), or local model directory.")]
 RevisionOpt = Annotated[Optional[str], typer.Option("--revision", help="Hub model only: the branch, tag or commit to use (default main); the manifest keeps the commit.")]
@@ -58,6 +65,7 @@ RblnPath = Annotated[str, typer.Option("--rbln-path", help="rbln model path: aut
 RblnHostLogits = Annotated[bool, typer.Option("--rbln-host-logits", help="rbln: keep logits on the host (VLLM_RBLN_USE_DEVICE_TENSOR=0).")]
 RblnFreshCompile = Annotated[bool, typer.Option("--rbln-fresh-compile", help="rbln: compile again instead of using the compile cache (VLLM_DISABLE_COMPILE_CACHE=1).")]
 ReuseFlag = Annotated[bool, typer.Option("--reuse/--no-reuse", help="Take a depth's store from --out when that exact recording is there (resumes).")]
+SuiteOpt = Annotated[Optional[str], typer.Option("--suite", help="A shipped prompt suite: default (short prompts and long documents cut to --max-model-len minus --max-tokens tokens; used when no prompts are given) | seed | short | long.")]
 
 
 def _setup_logging() -> None:
@@ -79,6 +87,7 @@ def record(
     golden: Annotated[Optional[str], typer.Option("--golden", help="Follow this golden's token trajectory (store path or hub reference/repo).")] = None,
     prompts: Annotated[Optional[list[str]], typer.Option("--prompts", help="A prompt (repeat the option for more).")] = None,
     prompts_file: Annotated[Optional[Path], typer.Option("--prompts-file", help=".txt (one prompt per line) or .jsonl ({\"prompt\": ...} per line).")] = None,
+    suite: SuiteOpt = None,
     num_prompts: Annotated[Optional[int], typer.Option("--num-prompts", help="Use this many prompts (cycling the list).")] = None,
     max_tokens: Annotated[int, typer.Option("--max-tokens", help="Tokens to generate per prompt.")] = 32,
     logprobs: Annotated[int, typer.Option("--logprobs", help="-1: full vocabulary; N: top-N ids and values.")] = -1,
@@ -102,6 +111,7 @@ def record(
     rbln_fresh_compile: RblnFreshCompile = False,
     out: OutDir = None,
     repo: RepoOpt = None,
+    floor: Annotated[Optional[str], typer.Option("--floor", help="Also record the golden's noise floor on its trajectory and keep it with the golden: bf16 (default numerics to accept) | fp16 | hf-bf16.")] = None,
     diff: Annotated[bool, typer.Option("--diff", help="Diff against the golden at the end and print the report.")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate and print the resolved plan as JSON; start no engine, record nothing.")] = False,
     no_color: NoColor = False,
@@ -115,7 +125,8 @@ def record(
     if batch < 1 or tp < 1 or pp < 1 or dp < 1:
         raise UsageError("--batch, --tp, --pp and --dp must be at least 1")
     cfg = RecordConfig(
-        model=model, revision=revision, device=device, prompts=prompts, prompts_file=prompts_file, num_prompts=num_prompts,
+        model=model, revision=revision, device=device, prompts=prompts, prompts_file=prompts_file, suite=suite,
+        num_prompts=num_prompts,
         max_tokens=max_tokens, logprobs=logprobs, prompt_logprobs=prompt_logprobs, out=out,
         engine=EngineOptions(
             dtype=dtype, max_model_len=max_model_len, seed=seed, batch=batch, tp=tp, pp=pp, dp=dp, ep=ep, executor=executor,
@@ -124,6 +135,7 @@ def record(
         ),
         check_device=not dry_run,
     )
+    kind = _floor_kind(cfg, floor, golden)
     keyed = None  # the plan a golden was looked up by, completed by the recording rather than redone
     if golden:
         found = find_golden(cfg, golden, repo=repo)
@@ -134,14 +146,14 @@ def record(
         if dry_run or golden or diff:
             raise UsageError("--depths records goldens: it does not combine with --dry-run, --golden or --diff",
                              hint="to follow goldens at several depths use parity bisect")
-        _record_depths(cfg, depths, sink, reuse=reuse)
+        _record_depths(cfg, depths, sink, reuse=reuse, floor=kind)
         return
     if dry_run:
         from parity.recorder.dryrun import dry_run as plan_dry_run
 
         with stdout_to_stderr():
             resolved = plan_dry_run(cfg, keyed=keyed)
-        sink.data(resolved)
+        sink.data({**resolved, "floor": kind.name} if kind else resolved)
         return
     with stdout_to_stderr():
         result = run_record(cfg, progress=lambda p: sink.bar(
@@ -154,9 +166,31 @@ def record(
         f"({len(m.sequences)} sequences, vocab {m.vocab_size}) at "
         f"{result.timings.get('generated_tokens_per_s')} tok/s; digest {m.digest}"
     )
+    if kind is not None:
+        _record_floor(cfg, result.path, kind, sink)
     if diff and cfg.golden is not None:
         _print_diff(cfg.golden, result.path, sink, color=not no_color)
     sink.result(str(result.path))
+
+
+def _floor_kind(cfg, name: str | None, golden: str | None):
+    if name is None:
+        return None
+    from parity.recorder.floor import check_floor_options, floor_kind
+
+    kind = floor_kind(name)
+    check_floor_options(dataclasses.replace(cfg, golden=Path(golden) if golden else None), kind)
+    return kind
+
+
+def _record_floor(cfg, golden: Path, kind, sink: Output) -> None:
+    from parity.recorder.floor import record_floor
+
+    sink.note(f"recording the noise floor: {kind.description}, on the golden's trajectory")
+    with stdout_to_stderr():
+        manifest, rec = record_floor(cfg, golden, kind, progress=_recording_bar(sink))
+    sink.finish()
+    sink.note(f"noise floor {rec.manifest.digest} ({kind.name}) kept in {rec.path}")
 
 
 def _recording_bar(sink: Output):
@@ -164,8 +198,8 @@ def _recording_bar(sink: Output):
                               f"{p.positions / max(p.elapsed, 1e-9):.0f} pos/s {human_bytes(p.bytes_written)}")
 
 
-def _record_depths(cfg, depths: str, sink: Output, *, reuse: bool) -> None:
-    from parity.recorder.depths import record_depths
+def _record_depths(cfg, depths: str, sink: Output, *, reuse: bool, floor=None) -> None:
+    from parity.recorder.depths import at_depth, record_depths
 
     def done(rec) -> None:
         sink.finish()
@@ -173,6 +207,8 @@ def _record_depths(cfg, depths: str, sink: Output, *, reuse: bool) -> None:
         how = "reused" if rec.reused else f"recorded at {m.run.get('timings', {}).get('generated_tokens_per_s')} tok/s"
         sink.note(f"depth {rec.depth}/{rec.total}: {how}; {m.generated_positions} generated + "
                   f"{m.prompt_positions} prompt positions; request key {m.request_key}")
+        if floor is not None and m.floor is None:  # a reused golden keeps the floor it has
+            _record_floor(at_depth(cfg, rec.depth), rec.path, floor, sink)
 
     with stdout_to_stderr():
         recs = record_depths(cfg, depths, progress=_recording_bar(sink), on_done=done, reuse=reuse)
@@ -197,7 +233,15 @@ def diff(
     html_path: Annotated[Optional[Path], typer.Option("--html", help="Write a self-contained HTML report here.")] = None,
     tokenizer: Annotated[Optional[str], typer.Option("--tokenizer", help="tokenizer.json or its directory, for token texts in the HTML report (default: the reference's model directory, when it is here).")] = None,
     baseline: Annotated[Optional[str], typer.Option("--baseline", help="A store of accepted numerics (e.g. bf16, or --device hf) diffed against the reference in the same pass: the measured noise floor the candidate is set beside.")] = None,
-    max_floor_ratio: Annotated[Optional[float], typer.Option("--max-floor-ratio", help="Fail if the candidate's generated KL p99 exceeds R times the baseline's (needs --baseline).")] = None,
+    max_floor_ratio: Annotated[Optional[float], typer.Option("--max-floor-ratio", help="Fail if the candidate's generated KL p99 exceeds R times the baseline's (needs a floor).")] = None,
+    no_floor: NoFloor = False,
+    floor_gate: FloorGate = True,
+    floor_ratio: FloorRatio = None,
+    floor_fraction: FloorFraction = None,
+    max_sigma_ratio: MaxSigmaRatio = None,
+    tie_steps: TieSteps = None,
+    suggest_thresholds: Annotated[bool, typer.Option("--suggest-thresholds", help="Print thresholds measured on the floor (the reference's, or --baseline) with --margin, instead of a diff.")] = False,
+    margin: Annotated[float, typer.Option("--margin", help="With --suggest-thresholds: how many times the floor's statistics to allow.")] = 2.0,
     no_color: NoColor = False,
 ) -> None:
     """Compare a reference with one or more candidates: KL, top-k agreement, deltas, first divergence, verdicts.
@@ -211,9 +255,14 @@ def diff(
     from parity.schemas import Store
 
     thresholds = _thresholds(tolerance, max_kl=max_kl, max_mean_kl=max_mean_kl, min_top1=min_top1, max_abs=max_abs)
-    if max_floor_ratio is not None and baseline is None:
-        raise UsageError("--max-floor-ratio needs --baseline STORE: the floor is measured on a baseline store")
+    rule = _floor_rule(floor_gate, ratio=floor_ratio, min_fraction=floor_fraction, max_sigma_ratio=max_sigma_ratio)
     ref = Store.open(_resolve_any(reference, repo), fast_read=settings().fast_read)
+    base = _resolve_any(baseline, repo) if baseline else None
+    if suggest_thresholds:
+        _suggest(ref, base, candidates, margin, json_path, no_floor)
+        return
+    if max_floor_ratio is not None and baseline is None and (no_floor or ref.manifest.floor is None):
+        raise UsageError("--max-floor-ratio needs a floor: --baseline STORE, or a golden recorded with --floor")
     cands = [_resolve_any(c, repo) for c in candidates or []]
     if candidates_from:
         from parity.workflows.candidates import candidates_from as find_candidates
@@ -221,12 +270,13 @@ def diff(
         cands += find_candidates(ref, candidates_from)
     if not cands:
         raise UsageError("no candidate: give CANDIDATE stores after the reference, or --candidates-from DIR|ORG/NAME")
-    base = _resolve_any(baseline, repo) if baseline else None
     decode = differ.decoder_for(ref, tokenizer) if html_path or tokenizer else None
     sink = Output(progress=not settings().no_progress)
+    tie = {} if tie_steps is None else {"tie_steps": tie_steps}
     reports = multi.compare_all(ref, cands, baseline=base, max_floor_ratio=max_floor_ratio, thresholds=thresholds,
-                                eps=eps, worst=worst, decode=decode, details=bool(html_path),
-                                progress=lambda done, total: sink.bar(done, total, "rows"))
+                                use_floor=not no_floor, floor_rule=rule, eps=eps, worst=worst, decode=decode,
+                                details=bool(html_path), progress=lambda done, total: sink.bar(done, total, "rows"),
+                                **tie)
     sink.finish()
     if json_path:
         multi.write_json(reports, json_path)
@@ -236,6 +286,25 @@ def diff(
     sink.result(differ.render_text(reports[0], color=color) if len(reports) == 1
                 else multi.render_text(reports, color=color))
     raise typer.Exit(multi.exit_code(reports))
+
+
+def _floor_rule(gate: bool, **given):
+    """The per-position floor gate (False: the floor only reported), defaults where not given."""
+    from parity.differ.floor import FloorRule
+
+    return FloorRule(**{k: v for k, v in given.items() if v is not None}) if gate else False
+
+
+def _suggest(ref, baseline: Path | None, candidates, margin: float, json_path: Path | None, no_floor: bool) -> None:
+    from parity.differ import suggest as suggest_
+    from parity.differ.report import jsonable, write_atomic
+
+    if candidates:
+        raise UsageError("--suggest-thresholds measures the floor alone: give the reference only (and --baseline)")
+    suggestion = suggest_.suggest(ref, baseline, margin=margin, use_floor=not no_floor)
+    if json_path:
+        write_atomic(json_path, json.dumps(jsonable(suggestion), indent=2, allow_nan=False) + "\n")
+    Output().result(suggest_.render(suggestion))
 
 
 def _thresholds(tolerance: str | None, **explicit):
@@ -372,15 +441,21 @@ def show(store: StoreArg, json_out: JsonFlag = False, repo: RepoOpt = None) -> N
 def verify(store: StoreArg, repo: RepoOpt = None) -> None:
     """Re-derive every digest of a store; exit 1 if anything does not match."""
     from parity.schemas import Store
+    from parity.schemas.floorlink import open_floor
 
     sink = Output()
+    # Opening checks the structure (exit 2 when it is not a complete store); verify the content (exit 1).
     s = Store.open(_resolve_any(store, repo), fast_read=settings().fast_read)
     try:
         m = s.verify()
+        floor = open_floor(s, fast_read=settings().fast_read)
+        if floor is not None:
+            floor.verify()
     except StoreCorruptError as e:
         sink.error(e.one_line())
         raise typer.Exit(1)
-    sink.result(f"ok {m.digest} (request key {m.request_key})")
+    floor = f"; noise floor {m.floor.digest} ({m.floor.kind}) ok" if m.floor is not None else ""
+    sink.result(f"ok {m.digest} (request key {m.request_key}){floor}")
 
 
 # hub -------------------------------------------------------------------------
@@ -435,10 +510,11 @@ def list_goldens(
     if not entries:
         sink.note(f"no goldens in {repo}")
         return
-    rows = [("MODEL", "DEVICE", "LAYERS", "PROMPTS", "POSITIONS", "SIZE", "CREATED", "DIGEST")]
+    rows = [("MODEL", "DEVICE", "LAYERS", "PROMPTS", "POSITIONS", "FLOOR", "SIZE", "CREATED", "DIGEST")]
     for e in entries:
         rows.append((str(e.model), str(e.device), "all" if e.num_hidden_layers is None else str(e.num_hidden_layers),
-                     str(e.prompts or "?"), str(e.positions), human_bytes(e.size), str(e.created_at)[:19], e.digest))
+                     str(e.prompts or "?"), str(e.positions), e.floor_kind or "-", human_bytes(e.size),
+                     str(e.created_at)[:19], e.digest))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     sink.result("\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows))
 

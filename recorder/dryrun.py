@@ -85,6 +85,8 @@ def dry_run(cfg: RecordConfig, *, keyed: Plan | None = None) -> dict:
         "golden": plan.golden.manifest.digest if plan.golden is not None else None,
         "depth": _depth_plan(plan, cfg),
         "out": str(plan.out),
+        "prompts": {"suite": plan.suite, "count": len(plan.prompt_ids),
+                    "lengths": [len(p) for p in plan.prompt_ids]},
         "positions": {"prompt": prompt_rows, "generated": generated_rows, "total": prompt_rows + generated_rows},
         "estimated_bytes": estimate_bytes(prompt_rows + generated_rows, vocab_size, plan.topn),
         "problems": problems,

@@ -19,7 +19,8 @@ from parity.schemas import Request
 from parity.schemas.digest import canonical_json, digest_bytes, tag
 
 from .model_files import TOKENIZER_FILES
-from .presets import BUILTIN_TINY, DEFAULT_PROMPTS, PRESETS
+from .presets import BUILTIN_TINY, PRESETS
+from .suites import DEFAULT_SUITE, SuitePrompt, load_suite
 
 log = logging.getLogger("parity")
 
@@ -229,41 +230,71 @@ def _model_section(model: dict) -> dict:
     return model
 
 
-def load_prompts(
+@dataclass(frozen=True)
+class PromptSource:
+    """The prompts of a recording, before tokenization, and the shipped suite they come from."""
+
+    prompts: list[SuitePrompt]
+    suite: str | None  # None: --prompts or --prompts-file
+
+    @property
+    def texts(self) -> list[str]:
+        return [p.text for p in self.prompts]
+
+
+def resolve_prompts(
     prompts: list[str] | None,
     prompts_file: Path | None,
     num_prompts: int | None,
-) -> list[str]:
-    if prompts and prompts_file:
-        raise PromptError("give --prompts or --prompts-file, not both")
+    suite: str | None = None,
+) -> PromptSource:
+    """--prompts, --prompts-file or --suite (one of them; none: the default suite), cycled to --num-prompts."""
+    given = [opt for opt, value in (("--suite", suite), ("--prompts", prompts), ("--prompts-file", prompts_file))
+             if value is not None and value != []]
+    if len(given) > 1:
+        raise PromptError(f"give one of --suite, --prompts and --prompts-file, not {' and '.join(given)}")
     if prompts_file is not None:
-        path = Path(prompts_file).expanduser()
-        if not path.is_file():
-            raise PromptError(f"prompts file {path} not found")
-        text = path.read_text(encoding="utf-8")
-        if path.suffix == ".jsonl":
-            items = []
-            for n, line in enumerate(text.splitlines(), 1):
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                except ValueError:
-                    raise PromptError(f"{path}:{n}: not a JSON object") from None
-                if not isinstance(obj, dict) or not isinstance(obj.get("prompt"), str):
-                    raise PromptError(f'{path}:{n}: expected {{"prompt": "..."}}')
-                items.append(obj["prompt"])
-        else:
-            items = [line for line in text.splitlines() if line.strip()]
+        items = [SuitePrompt(t) for t in _read_prompts_file(Path(prompts_file).expanduser())]
     elif prompts is not None:
-        items = list(prompts)
+        items = [SuitePrompt(t) for t in prompts]
     else:
-        items = list(DEFAULT_PROMPTS)
+        suite = DEFAULT_SUITE if suite is None else suite
+        items = list(load_suite(suite).prompts)
     if num_prompts is not None:
         if num_prompts < 1:
             raise PromptError("--num-prompts must be at least 1")
         items = (items * (num_prompts // max(len(items), 1) + 1))[:num_prompts] if items else []
-    items = [p for p in items if p.strip()]
+    items = [p for p in items if p.text.strip()]
     if not items:
         raise PromptError("the prompt list is empty", hint="pass --prompts TEXT or a non-empty --prompts-file")
+    return PromptSource(items, suite)
+
+
+def load_prompts(
+    prompts: list[str] | None,
+    prompts_file: Path | None,
+    num_prompts: int | None,
+    suite: str | None = None,
+) -> list[str]:
+    """The prompt texts ``resolve_prompts`` picks (a suite's long documents whole, not yet fitted)."""
+    return resolve_prompts(prompts, prompts_file, num_prompts, suite).texts
+
+
+def _read_prompts_file(path: Path) -> list[str]:
+    if not path.is_file():
+        raise PromptError(f"prompts file {path} not found")
+    text = path.read_text(encoding="utf-8")
+    if path.suffix != ".jsonl":
+        return [line for line in text.splitlines() if line.strip()]
+    items = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except ValueError:
+            raise PromptError(f"{path}:{n}: not a JSON object") from None
+        if not isinstance(obj, dict) or not isinstance(obj.get("prompt"), str):
+            raise PromptError(f'{path}:{n}: expected {{"prompt": "..."}}')
+        items.append(obj["prompt"])
     return items

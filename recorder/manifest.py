@@ -56,6 +56,8 @@ def build_manifest(plan: Plan, engine: Engine, rows, *, vocab_size: int, seq_inf
         "golden": golden_store.manifest.digest if golden_store else None,
         "golden_request_key": golden_store.manifest.request_key if golden_store else None,
     }
+    if plan.suite is not None:
+        run["prompt_suite"] = plan.suite  # not in the request (the prompt ids are): which shipped suite they are
     device = Device(
         kind=profile.name,
         versions=profile.versions(),

@@ -18,7 +18,8 @@ from parity.schemas import ModelRef, Request, Store
 from parity.settings import settings
 
 from .devices import EngineOptions, get_profile
-from .inputs import ResolvedModel, load_prompts, resolve_model, tokenizer_digest, weights_digest
+from .inputs import ResolvedModel, resolve_model, resolve_prompts, tokenizer_digest, weights_digest
+from .suites import fit_budget, fit_ids
 from .truncate import Depth, resolve_depth
 
 log = logging.getLogger("parity")
@@ -36,6 +37,7 @@ class RecordConfig:
     device: str = "cpu"
     prompts: list[str] | None = None
     prompts_file: Path | None = None
+    suite: str | None = None  # a shipped prompt suite (recorder/suites); None with no prompts: "default"
     prompt_token_ids: list[list[int]] | None = None  # pre-tokenized prompts (no tokenizer pass)
     num_prompts: int | None = None
     max_tokens: int = 32
@@ -65,6 +67,7 @@ class Plan:
     golden: Store | None
     out: Path
     depth: Depth | None = None  # --num-hidden-layers, checked against the model (None: the full model)
+    suite: str | None = None  # the prompt suite the prompts come from (None: given prompts, or the golden's)
 
     @property
     def prompt_ids(self) -> list[list[int]]:
@@ -122,6 +125,7 @@ def plan_recording(cfg: RecordConfig, *, check_out: bool = True, fetch_weights: 
     inputs = _ModelInputs.of(keyed) if keyed is not None else _resolve_model_inputs(cfg, fetch_weights)
 
     trajectories = None
+    suite = None
     max_tokens = cfg.max_tokens
     logprobs = cfg.logprobs
     if golden_store is not None:
@@ -132,7 +136,7 @@ def plan_recording(cfg: RecordConfig, *, check_out: bool = True, fetch_weights: 
         max_tokens = gm.request.max_tokens
         logprobs = gm.request.logprobs if cfg.logprobs == -1 else cfg.logprobs
     else:
-        prompt_ids, prompt_texts = _prompts(cfg, inputs.tokenizer)
+        prompt_ids, prompt_texts, suite = _prompts(cfg, inputs.tokenizer)
     _check_prompt_lengths(prompt_ids, cfg.engine.max_model_len)
     depth = inputs.depth
     request = Request(
@@ -148,7 +152,7 @@ def plan_recording(cfg: RecordConfig, *, check_out: bool = True, fetch_weights: 
     )
     profile.validate(cfg.engine, request)
     return Plan(profile, inputs.model, inputs.tokenizer, request, prompt_texts, trajectories, golden_store, out,
-                depth)
+                depth, suite)
 
 
 def _check_options(cfg: RecordConfig) -> None:
@@ -236,15 +240,35 @@ def _golden_plan(golden: Store) -> tuple[list[list[int]], list[list[int]]]:
     return prompts, trajectories
 
 
-def _prompts(cfg: RecordConfig, tokenizer) -> tuple[list[list[int]], list]:
-    """Prompt token ids and texts (None for prompts given as ids) of a run that follows no golden."""
+def _prompts(cfg: RecordConfig, tokenizer) -> tuple[list[list[int]], list, str | None]:
+    """Prompt token ids, texts (None for prompts given as ids) and suite of a run that follows no golden.
+
+    A suite's long documents are cut here to max_model_len - max_tokens
+    tokens, so the request (and its key) holds the ids that run; their text
+    is the decoded cut.
+    """
     if cfg.prompt_token_ids is not None:
+        if cfg.suite is not None:
+            raise PromptError("give prompt token ids or a prompt suite, not both")
         prompt_ids = [list(map(int, p)) for p in cfg.prompt_token_ids]
         if not prompt_ids:
             raise PromptError("the prompt list is empty")
-        return prompt_ids, [None] * len(prompt_ids)
-    texts = load_prompts(cfg.prompts, cfg.prompts_file, cfg.num_prompts)
-    return [list(tokenizer(t)["input_ids"]) for t in texts], texts
+        return prompt_ids, [None] * len(prompt_ids), None
+    source = resolve_prompts(cfg.prompts, cfg.prompts_file, cfg.num_prompts, cfg.suite)
+    ids, texts, fitted = [], [], {}
+    for p in source.prompts:
+        if p.fit is None:
+            ids.append(list(tokenizer(p.text)["input_ids"]))
+            texts.append(p.text)
+            continue
+        if p.text not in fitted:  # --num-prompts may cycle a long document several times
+            # verbose=False: a long document exceeds model_max_length until it is cut, which only warns.
+            cut = fit_ids(list(tokenizer(p.text, verbose=False)["input_ids"]),
+                          fit_budget(cfg.engine.max_model_len, cfg.max_tokens))
+            fitted[p.text] = cut, tokenizer.decode(cut, skip_special_tokens=True)
+        ids.append(list(fitted[p.text][0]))
+        texts.append(fitted[p.text][1])
+    return ids, texts, source.suite
 
 
 def _check_prompt_lengths(prompt_ids: list[list[int]], max_model_len: int) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .suites import load_suite
+
 
 @dataclass(frozen=True)
 class Preset:
@@ -30,13 +32,6 @@ PRESETS: dict[str, Preset] = {
     )
 }
 
-DEFAULT_PROMPTS = (
-    "Hello, my name is",
-    "The capital of France is",
-    "Once upon a time",
-    "In the beginning",
-    "The quick brown fox",
-    "def add(a, b):",
-    "Large language models predict",
-    "Numbers: 1 2 3",
-)
+# The legacy tool's 8 short prompts, now the "seed" prompt suite (recorder/suites/seed.json);
+# the default prompts are the "default" suite. Kept under its old name for code that imports it.
+DEFAULT_PROMPTS: tuple[str, ...] = tuple(load_suite("seed").texts)

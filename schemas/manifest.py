@@ -172,6 +172,35 @@ class ArrayInfo:
 
 
 @dataclass(frozen=True)
+class FloorLink:
+    """The golden's noise floor: a store of accepted numerics recorded on its
+    trajectory, kept inside the golden's directory (SPEC.md, "Noise floor").
+
+    Not covered by the golden's content digest: a floor is a measurement made
+    of a golden, attached after the golden is complete; the floor's own
+    digest, named here, covers the floor, and its ``run.golden`` names the golden.
+    """
+
+    path: str  # directory inside the golden's, relative, one component
+    digest: str  # the floor store's content digest
+    kind: str  # how it was recorded: "bf16" (same device, bfloat16), "hf-bf16", ...
+    device: str
+    dtype: str
+
+    @classmethod
+    def parse(cls, d: Any) -> "FloorLink":
+        if not isinstance(d, dict):
+            raise NotAStoreError("manifest field floor must be an object")
+        link = cls(**{k: _require(d, k, str, "floor") for k in ("path", "digest", "kind", "device", "dtype")})
+        if not link.path or link.path in (".", "..") or "/" in link.path or "\\" in link.path:
+            raise NotAStoreError(f"manifest field floor.path {link.path!r} is not a directory name inside the store")
+        return link
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
 class Manifest:
     request: Request
     device: Device
@@ -185,6 +214,7 @@ class Manifest:
     schema_version: int = SCHEMA_VERSION
     request_key: str = ""
     digest: str = ""
+    floor: FloorLink | None = None  # not covered by ``digest`` (see FloorLink)
 
     def row_counts(self, kind: str) -> list[int]:
         """Rows each sequence owns in a row array: "generated" or "prompt" (SPEC.md, "Arrays")."""
@@ -222,9 +252,13 @@ class Manifest:
         }
         if with_digest:
             d["digest"] = self.digest
+            if self.floor is not None:
+                d["floor"] = self.floor.to_dict()
         return d
 
     def with_digests(self) -> "Manifest":
+        """The manifest with its request key and content digest derived (``to_dict(with_digest=False)``:
+        every key but ``digest`` and ``floor``)."""
         from .digest import content_digest
 
         keyed = replace(self, request_key=self.request.key())
@@ -256,4 +290,5 @@ class Manifest:
             schema_version=version,
             request_key=d.get("request_key", ""),
             digest=d.get("digest", ""),
+            floor=FloorLink.parse(d["floor"]) if d.get("floor") is not None else None,
         )

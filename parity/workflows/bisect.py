@@ -214,11 +214,15 @@ def golden_set(refs: list[str], total: int, *, weights_digest: str | None, devic
 
 # -- the search --------------------------------------------------------------------
 def default_thresholds(thresholds, golden: Store):
-    """The thresholds to judge each depth by: the user's, else the preset for the golden's dtype."""
+    """The thresholds to judge each depth by: the user's; else none when the
+    golden carries a noise floor (its per-position gate judges, in every
+    probe's diff); else the preset for the golden's dtype."""
     from parity.differ import Thresholds
 
     if thresholds is not None and not thresholds.is_empty():
         return thresholds, "given"
+    if golden.manifest.floor is not None:
+        return Thresholds(), f"the golden's noise floor ({golden.manifest.floor.kind})"
     name = "bf16" if golden.manifest.request.dtype.lower() in HALF_PRECISION else "fp32"
     return Thresholds.preset(name), f"--tolerance {name} (default for the golden's dtype)"
 

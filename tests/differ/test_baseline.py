@@ -50,7 +50,8 @@ def p99(kl: np.ndarray) -> float:
 
 def test_floor_ratios_match_separate_diffs(trio):
     paths, rows = trio
-    r = differ.diff(paths["ref"], paths["cand"], baseline=paths["base"])
+    # The floor reported, not gated (floor_rule=False): the verdict stays the thresholds' ("report").
+    r = differ.diff(paths["ref"], paths["cand"], baseline=paths["base"], floor_rule=False)
     alone = differ.diff(paths["ref"], paths["cand"])
     floor = differ.diff(paths["ref"], paths["base"])
 
@@ -100,10 +101,12 @@ def test_gate_passes_above_the_measured_ratio_and_fails_below(trio):
     c = differ.diff(paths["ref"], paths["cand"]).summary["kl"]["p99"]
     b = differ.diff(paths["ref"], paths["base"]).summary["kl"]["p99"]
     measured = c / b
-    ok = differ.diff(paths["ref"], paths["cand"], baseline=paths["base"], max_floor_ratio=measured * (1 + 1e-9))
+    # The KL p99 ratio gate alone (floor_rule=False: no per-position gate).
+    ok = differ.diff(paths["ref"], paths["cand"], baseline=paths["base"], max_floor_ratio=measured * (1 + 1e-9),
+                     floor_rule=False)
     assert (ok.verdict, ok.exit_code, ok.failures) == ("pass", 0, [])
     limit = measured * (1 - 1e-9)
-    bad = differ.diff(paths["ref"], paths["cand"], baseline=paths["base"], max_floor_ratio=limit)
+    bad = differ.diff(paths["ref"], paths["cand"], baseline=paths["base"], max_floor_ratio=limit, floor_rule=False)
     assert (bad.verdict, bad.exit_code) == ("fail", 1)
     assert len(bad.failures) == 1
     line = bad.failures[0]
@@ -114,7 +117,7 @@ def test_gate_passes_above_the_measured_ratio_and_fails_below(trio):
 
 def test_gate_combines_with_thresholds(trio):
     paths, _ = trio
-    base_kw = dict(baseline=paths["base"])
+    base_kw = dict(baseline=paths["base"], floor_rule=False)
     kl_max = differ.diff(paths["ref"], paths["cand"]).summary["kl"]["max"]
     loose, tight = Thresholds(max_kl=kl_max * 2, min_top1=0.0), Thresholds(max_kl=kl_max / 2)
     assert differ.diff(paths["ref"], paths["cand"], thresholds=loose, max_floor_ratio=1e6, **base_kw).verdict == "pass"

@@ -29,7 +29,9 @@ def stores(tmp_path):
 
 def test_gate_fails_with_exit_1_and_prints_the_ratio(stores, tmp_path):
     ref, cand, base = stores
-    proc = parity("diff", ref, cand, "--baseline", base, "--no-color", "--json", str(tmp_path / "r.json"))
+    # --no-floor-gate: the floor reported beside the candidate, the p99 ratio gate alone.
+    proc = parity("diff", ref, cand, "--baseline", base, "--no-floor-gate", "--no-color", "--json",
+                  str(tmp_path / "r.json"))
     assert proc.returncode == 0, proc.stderr
     floor = json.loads((tmp_path / "r.json").read_text())["floor"]
     ratio = floor["ratios"]["kl_p99"]
@@ -37,10 +39,11 @@ def test_gate_fails_with_exit_1_and_prints_the_ratio(stores, tmp_path):
     assert f"candidate KL p99 is {ratio:.2g}x the baseline floor" in proc.stdout
     assert "verdict: report only" in proc.stdout
 
-    failing = parity("diff", ref, cand, "--baseline", base, "--max-floor-ratio", f"{ratio * 0.9}", "--no-color")
+    failing = parity("diff", ref, cand, "--baseline", base, "--no-floor-gate", "--max-floor-ratio", f"{ratio * 0.9}",
+                     "--no-color")
     assert failing.returncode == 1, failing.stderr
     assert "verdict: FAIL" in failing.stdout and "the baseline's floor" in failing.stdout
-    passing = parity("diff", ref, cand, "--baseline", base, "--max-floor-ratio", f"{ratio * 1.1}",
+    passing = parity("diff", ref, cand, "--baseline", base, "--no-floor-gate", "--max-floor-ratio", f"{ratio * 1.1}",
                      "--tolerance", "bf16", "--no-color")
     assert passing.returncode == 0, passing.stdout
     assert "verdict: PASS" in passing.stdout and "max_floor_ratio=" in passing.stdout

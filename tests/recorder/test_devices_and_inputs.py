@@ -12,6 +12,7 @@ from parity.recorder.devices import PROFILES
 from parity.recorder.devices.base import DeviceProfile
 from parity.recorder.inputs import load_prompts, resolve_model, tokenizer_digest, weights_digest
 from parity.recorder.presets import DEFAULT_PROMPTS, PRESETS
+from parity.recorder.suites import load_suite
 from parity.schemas import ModelRef, Request
 
 
@@ -197,7 +198,8 @@ def test_prompt_sources(tmp_path):
     jsonl.write_text(json.dumps({"prompt": "a\nb"}) + "\n" + json.dumps({"prompt": "c"}) + "\n")
     assert load_prompts(None, jsonl, None) == ["a\nb", "c"]
     assert load_prompts(["x", "y"], None, 5) == ["x", "y", "x", "y", "x"]
-    assert load_prompts(None, None, None) == list(DEFAULT_PROMPTS)
+    assert load_prompts(None, None, None, "seed") == list(DEFAULT_PROMPTS) == load_suite("seed").texts
+    assert load_prompts(None, None, None) == load_suite("default").texts  # nothing given: the default suite
     with pytest.raises(PromptError):
         load_prompts([], None, None)
     with pytest.raises(PromptError):

@@ -88,7 +88,7 @@ def test_ctrl_c_during_a_worker_recording_is_an_interrupt_and_leaves_nothing(tin
     out = tmp_path / "out"
     out.mkdir()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "parity.cli", "record", "--model", str(tiny_model), "--tp", "2",
+        [sys.executable, "-m", "parity.cli", "record", "--model", str(tiny_model), "--tp", "2", "--suite", "seed",
          "--max-tokens", "400", "--out", str(out)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
         env={**os.environ, "PARITY_NO_PROGRESS": "1"})
