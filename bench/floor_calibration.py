@@ -221,7 +221,7 @@ def diff_all(index: dict, labels: list[str]) -> dict[str, dict[str, dict[str, np
     reports = compare(index["golden"], [index[s] for s in stores])
     _log(f"compare: {len(stores)} stores against the golden in {time.perf_counter() - t0:.1f}s")
     out = {}
-    for label, rep in zip(stores, reports):
+    for label, rep in zip(stores, reports, strict=True):
         out[label] = {kind: {f: np.asarray(rep.positions[kind][f]) for f in FIELDS} for kind in KINDS}
     return out
 
@@ -246,7 +246,7 @@ def flips(index: dict, label: str, kind: str, p: dict) -> list[dict]:
         return []
     rows = golden_rows_for(index["golden"], index[label], kind, idx).astype(np.float64)
     out = []
-    for r, i in zip(rows, idx):
+    for r, i in zip(rows, idx, strict=True):
         top, cand = int(p["ref_top"][i]), int(p["cand_top"][i])
         gap = float(r[top] - r[cand])
         logit = float(r[top] - r[np.isfinite(r)].mean())
@@ -288,7 +288,8 @@ def stats(c: dict, f: dict) -> dict:
     return {
         "n": len(kc),
         "kl_mean": float(np.nanmean(kc)), "kl_p99": float(np.nanquantile(kc, 0.99)), "kl_max": float(np.nanmax(kc)),
-        "f_kl_mean": float(np.nanmean(kf)), "f_kl_p99": float(np.nanquantile(kf, 0.99)), "f_kl_max": float(np.nanmax(kf)),
+        "f_kl_mean": float(np.nanmean(kf)), "f_kl_p99": float(np.nanquantile(kf, 0.99)),
+        "f_kl_max": float(np.nanmax(kf)),
         "top1": float(np.mean(c["top1"])), "f_top1": float(np.mean(f["top1"])),
         "sigma_kl": math.sqrt(np.nanmean(kc) / np.nanmean(kf)) if np.nanmean(kf) > 0 else math.inf,
         "sigma_abs": rms(c["max_abs"]) / rms(f["max_abs"]) if rms(f["max_abs"]) > 0 else math.inf,
@@ -330,9 +331,10 @@ class Tables:
             print(line)
 
     def table(self, header: list[str], rows: list[list[str]]) -> None:
-        self.add("| " + " | ".join(header) + " |", "|" + "---|" * len(header))
+        esc = lambda cells: " | ".join(c.replace("|", "\\|") for c in cells)  # noqa: E731 (|d| inside a cell)
+        self.add("| " + esc(header) + " |", "|" + "---|" * len(header))
         for r in rows:
-            self.add("| " + " | ".join(r) + " |")
+            self.add("| " + esc(r) + " |")
         self.add("")
 
 
@@ -401,8 +403,8 @@ def analyse(index: dict, pos: dict, labels: list[str], args, tables: Tables) -> 
         for a, b in BINS:
             m = (c["pos"] >= a) & (c["pos"] < (b if b is not None else 1 << 30))
             if m.any():
-                rows.append([f"{a}-{b - 1 if b else ''}", str(int(m.sum())), g(float(np.mean(c["kl"][m]))),
-                             g(float(np.mean(f["kl"][m]))), g(float(np.mean(c["kl"][m]) / max(np.mean(f["kl"][m]), 1e-30)))])
+                kc, kf = float(np.mean(c["kl"][m])), float(np.mean(f["kl"][m]))
+                rows.append([f"{a}-{b - 1 if b else ''}", str(int(m.sum())), g(kc), g(kf), g(kc / max(kf, 1e-30))])
         tables.add(f"{label}: KL mean by position (both kinds, all prompts)", "")
         tables.table(["positions", "n", "KL mean c", "KL mean floor", "ratio"], rows)
         summary[label]["bins"] = rows
@@ -526,7 +528,7 @@ def verdicts(pos: dict, all_flips: dict, labels: list[str], args, tables: Tables
         rows = []
         for label in labels:
             row = [f"{label}{'' if CANDIDATES[label][4] else ' (bug)'}"]
-            for suite, seqs in suites:
+            for _suite, seqs in suites:
                 fails = {}
                 for kind in KINDS:
                     c, f = aligned(select(pos[label][kind], seqs), select(floor[kind], seqs))

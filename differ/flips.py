@@ -20,7 +20,7 @@ import numpy as np
 
 GARBAGE_RANK = 100
 # Near-tie limit in rounding steps; chosen from measurements (docs/verdicts.md).
-TIE_STEPS = 2.0
+TIE_STEPS = 4.0
 # Explicit mantissa bits: the step at magnitude m is 2 ** (floor(log2 m) - bits).
 MANTISSA_BITS = {"bfloat16": 7, "float16": 10, "float32": 23, "half": 10, "float": 23}
 NEAR_TIE, REAL, GARBAGE = "near-tie", "real", "garbage"

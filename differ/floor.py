@@ -21,9 +21,11 @@ baseline's plus ``abs_eps`` (the epsilons keep near-zero floors from failing
 rounding noise). The candidate passes when at least ``min_fraction`` of the
 positions of each row kind are within, and its sigma ratios (RMS of the
 per-position error over the baseline's: sqrt of the KL means' ratio, the RMS
-ratio of |delta|) stay under ``max_sigma_ratio``: the vLLM-Neuron accuracy
-suite's per-token and sigma-ratio rules. Real argmax flips (``flips``) may
-not outnumber the baseline's by more than ``ratio`` times.
+ratio of |delta|) stay under ``max_sigma_ratio`` and ``max_sigma_ratio_abs``:
+the vLLM-Neuron accuracy suite's per-token and sigma-ratio rules. Real argmax
+flips (``flips``) may not outnumber ``ratio`` times the baseline's plus
+``extra_real_flips``. The defaults, and the measurements they come from, are
+in docs/verdicts.md.
 """
 
 from __future__ import annotations
@@ -111,13 +113,15 @@ class FloorRule:
     they were chosen from are in docs/verdicts.md."""
 
     ratio: float = 4.0
-    kl_eps: float = 1e-5
+    kl_eps: float = 1e-4
     abs_eps: float = 0.05
-    min_fraction: float = 0.95
-    max_sigma_ratio: float = 2.0
+    min_fraction: float = 0.80
+    max_sigma_ratio: float = 3.0  # of KL: sqrt(mean KL / the floor's mean KL)
+    max_sigma_ratio_abs: float = 2.0  # of |delta|: RMS of max |delta| over the floor's
+    extra_real_flips: int = 2  # real flips allowed beyond ratio x the floor's
 
     def __post_init__(self) -> None:
-        for name in ("ratio", "kl_eps", "abs_eps", "min_fraction", "max_sigma_ratio"):
+        for name in FLOOR_RULE_FIELDS:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or math.isnan(v) or v < 0:
                 raise UsageError(f"floor rule {name} must be a non-negative number, got {v!r}")
@@ -125,7 +129,11 @@ class FloorRule:
             raise UsageError(f"floor rule min_fraction is a fraction in [0, 1], got {self.min_fraction}")
 
     def to_dict(self) -> dict:
-        return {k: getattr(self, k) for k in ("ratio", "kl_eps", "abs_eps", "min_fraction", "max_sigma_ratio")}
+        return {k: getattr(self, k) for k in FLOOR_RULE_FIELDS}
+
+
+FLOOR_RULE_FIELDS = ("ratio", "kl_eps", "abs_eps", "min_fraction", "max_sigma_ratio", "max_sigma_ratio_abs",
+                     "extra_real_flips")
 
 
 WORST_RATIO_LISTED = 5
@@ -193,10 +201,11 @@ def _gate_failures(label: str, p: dict, rule: FloorRule) -> list[str]:
             f"positions (needs {100 * rule.min_fraction:g}%; KL {100 * p['fraction_within_kl']:.1f}%, "
             f"|delta| {100 * p['fraction_within_abs']:.1f}%); worst: sequence {w['sequence']} position "
             f"{w['position']}, KL {_g(w['kl'])} against the floor's {_g(w['floor_kl'])}")
-    for what, key in (("KL", "sigma_ratio_kl"), ("|delta|", "sigma_ratio_abs")):
+    for what, key, limit in (("KL", "sigma_ratio_kl", rule.max_sigma_ratio),
+                             ("|delta|", "sigma_ratio_abs", rule.max_sigma_ratio_abs)):
         r = p[key]
-        if r is not None and r > rule.max_sigma_ratio:
-            out.append(f"{label}: sigma ratio of {what} to the floor's is {times(r)} (limit {rule.max_sigma_ratio:g})")
+        if r is not None and r > limit:
+            out.append(f"{label}: sigma ratio of {what} to the floor's is {times(r)} (limit {limit:g})")
     return out
 
 
@@ -220,12 +229,12 @@ class Floor:
         out = self._ratio_failures(generated)
         rule = self.section.get("rule")
         if rule is not None:
-            rule = FloorRule(**rule)
+            rule = FloorRule(**{k: v for k, v in rule.items() if k in FLOOR_RULE_FIELDS})
             for label, p in (self.section.get("per_position") or {}).items():
                 if p is not None:
                     out += _gate_failures(label, p, rule)
             for label, f in (self.section.get("flips") or {}).items():
-                if f["candidate_real"] > rule.ratio * max(f["floor_real"], 1):
+                if f["candidate_real"] > rule.ratio * f["floor_real"] + rule.extra_real_flips:
                     out.append(f"{label}: {f['candidate_real']} real argmax flips (gap over "
                                f"{f['tie_steps']:g} rounding steps) against the floor's {f['floor_real']}")
         return out

@@ -203,12 +203,14 @@ def _floor_gate_lines(f: dict, st: _Style) -> list[str]:
     if not rule:
         return []
     lines = [f"  per position: within {rule['ratio']:g}x the floor (+{rule['kl_eps']:g} KL, +{rule['abs_eps']:g} "
-             f"|delta|) at >= {100 * rule['min_fraction']:g}% of positions, sigma ratios <= {rule['max_sigma_ratio']:g}"]
+             f"|delta|) at >= {100 * rule['min_fraction']:g}% of positions; sigma ratios <= "
+             f"{rule['max_sigma_ratio']:g} (KL), {rule.get('max_sigma_ratio_abs', rule['max_sigma_ratio']):g} (|delta|)"]
     for kind, p in parts.items():
         if p is None:
             continue
-        ok = p["fraction_within"] >= rule["min_fraction"] and all(
-            p[k] is None or p[k] <= rule["max_sigma_ratio"] for k in ("sigma_ratio_kl", "sigma_ratio_abs"))
+        ok = p["fraction_within"] >= rule["min_fraction"] and (
+            p["sigma_ratio_kl"] is None or p["sigma_ratio_kl"] <= rule["max_sigma_ratio"]) and (
+            p["sigma_ratio_abs"] is None or p["sigma_ratio_abs"] <= rule.get("max_sigma_ratio_abs", math.inf))
         line = (f"  {kind:<9}  within at {100 * p['fraction_within']:.1f}% of {p['positions']} (KL "
                 f"{100 * p['fraction_within_kl']:.1f}%, |delta| {100 * p['fraction_within_abs']:.1f}%); sigma ratio "
                 f"KL {_x(p['sigma_ratio_kl'])}, |delta| {_x(p['sigma_ratio_abs'])}")

@@ -51,13 +51,19 @@ class Thresholds:
         return asdict(self)
 
 
-# MaxText's logit checker gates per-token max KL at 1e-4 for float32 models
-# and 1.5e-2 for bfloat16 ones (engine-facts.md, "Comparison statistics used
-# by the best tools"); the mean and top-1 gates are set an order of magnitude
-# inside those. max_abs is gated for fp32 only: bf16 rows legitimately differ
-# by more than the legacy tool's outlier eps (0.5) in the far tail, which KL
-# weighs by its (negligible) probability.
+# Measured (docs/verdicts.md, "Presets"): a tiny Llama trained here, float32
+# CPU golden on the default prompt suite (max_model_len 1024), candidates
+# forced on it. fp32: transformers and vLLM --tp 2 in float32 differ from the
+# golden by KL <= 3.1e-7 and |delta| < 1e-4; the preset keeps MaxText's
+# float32 gate (1e-4 per position), 300x above that, because the float32
+# floor grows with model size, and bugs (a 5% norm error, a RoPE base off by
+# 1%) sit at 1e-3 and above. bf16: twice the worst faithful bfloat16 run
+# (transformers, vLLM --tp 2; generated and prompt positions) over four
+# measured goldens: KL max 0.039, mean 7.1e-4, top-1 disagreement 1.75%. The
+# old bf16 preset (1.5e-2 max) failed those faithful runs and passed the bugs
+# on their means. A preset cannot see what a golden's own floor sees: record
+# goldens with --floor.
 TOLERANCE_PRESETS: dict[str, Thresholds] = {
     "fp32": Thresholds(max_kl=1e-4, max_mean_kl=1e-5, min_top1=0.99, max_abs=0.05),
-    "bf16": Thresholds(max_kl=1.5e-2, max_mean_kl=1.5e-3, min_top1=0.95),
+    "bf16": Thresholds(max_kl=0.08, max_mean_kl=1.4e-3, min_top1=0.965),
 }

@@ -46,9 +46,10 @@ Eps = Annotated[float, typer.Option("--eps", help="Outlier threshold on |delta l
 NoFloor = Annotated[bool, typer.Option("--no-floor", help="Ignore the noise floor the reference (a golden recorded with --floor) carries.")]
 FloorGate = Annotated[bool, typer.Option("--floor-gate/--no-floor-gate", help="Judge the candidate position by position against the floor (default), or only report it.")]
 FloorRatio = Annotated[Optional[float], typer.Option("--floor-ratio", help="Per position: the candidate's KL and |delta| within R times the floor's (default 4).")]
-FloorFraction = Annotated[Optional[float], typer.Option("--floor-fraction", help="Fraction of positions that must be within the floor (default 0.95).")]
-MaxSigmaRatio = Annotated[Optional[float], typer.Option("--max-sigma-ratio", help="Largest RMS error ratio to the floor across positions (default 2).")]
-TieSteps = Annotated[Optional[float], typer.Option("--tie-steps", help="Argmax flips within this many rounding steps of the candidate's dtype are near-ties (default 2).")]
+FloorFraction = Annotated[Optional[float], typer.Option("--floor-fraction", help="Fraction of positions that must be within the floor (default 0.8).")]
+MaxSigmaRatio = Annotated[Optional[float], typer.Option("--max-sigma-ratio", help="Largest sigma ratio of KL to the floor's: sqrt(mean KL / floor mean KL) (default 3).")]
+MaxSigmaRatioAbs = Annotated[Optional[float], typer.Option("--max-sigma-ratio-abs", help="Largest RMS ratio of |delta logprob| to the floor's (default 2).")]
+TieSteps = Annotated[Optional[float], typer.Option("--tie-steps", help="Argmax flips within this many rounding steps of the candidate's dtype are near-ties (default 4).")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="cpu | rbln | hf (transformers float32 reference).")]
 ModelOpt = Annotated[str, typer.Option("--model", help="Preset name, Hugging Face id (downloaded on first use), or local model directory.")]
 RevisionOpt = Annotated[Optional[str], typer.Option("--revision", help="Hub model only: the branch, tag or commit to use (default main); the manifest keeps the commit.")]
@@ -239,6 +240,7 @@ def diff(
     floor_ratio: FloorRatio = None,
     floor_fraction: FloorFraction = None,
     max_sigma_ratio: MaxSigmaRatio = None,
+    max_sigma_ratio_abs: MaxSigmaRatioAbs = None,
     tie_steps: TieSteps = None,
     suggest_thresholds: Annotated[bool, typer.Option("--suggest-thresholds", help="Print thresholds measured on the floor (the reference's, or --baseline) with --margin, instead of a diff.")] = False,
     margin: Annotated[float, typer.Option("--margin", help="With --suggest-thresholds: how many times the floor's statistics to allow.")] = 2.0,
@@ -255,7 +257,8 @@ def diff(
     from parity.schemas import Store
 
     thresholds = _thresholds(tolerance, max_kl=max_kl, max_mean_kl=max_mean_kl, min_top1=min_top1, max_abs=max_abs)
-    rule = _floor_rule(floor_gate, ratio=floor_ratio, min_fraction=floor_fraction, max_sigma_ratio=max_sigma_ratio)
+    rule = _floor_rule(floor_gate, ratio=floor_ratio, min_fraction=floor_fraction, max_sigma_ratio=max_sigma_ratio,
+                       max_sigma_ratio_abs=max_sigma_ratio_abs)
     ref = Store.open(_resolve_any(reference, repo), fast_read=settings().fast_read)
     base = _resolve_any(baseline, repo) if baseline else None
     if suggest_thresholds:

@@ -39,8 +39,8 @@ def family(make_store, rng):
     def cand(noise, **kw):
         return make_store(_noisy(rng, gen, noise, **kw), tokens=tokens, run=forced, dtype="bfloat16")[0]
 
-    late = lambda n: np.where(np.arange(n) >= n // 2, 0.12, 0.02)  # noqa: E731 - a bug that grows with position
-    return {"ref": ref, "floor": cand(0.02), "faithful": cand(0.02), "everywhere": cand(0.06),
+    late = lambda n: np.where(np.arange(n) >= n // 2, 0.16, 0.02)  # noqa: E731 - a bug that grows with position
+    return {"ref": ref, "floor": cand(0.02), "faithful": cand(0.02), "everywhere": cand(0.08),
             "late": cand(0.02, scale_by_position=late), "gen": gen, "tokens": tokens, "forced": forced}
 
 
@@ -55,6 +55,7 @@ def test_faithful_candidate_passes_and_bugs_fail_naming_why(family):
     assert bad.verdict == "fail"
     assert any("within 4x the floor at" in f for f in bad.failures)
     assert any("sigma ratio of KL" in f for f in bad.failures)
+    assert any("sigma ratio of |delta|" in f for f in bad.failures)
 
     late = differ.diff(family["ref"], family["late"], baseline=family["floor"])
     assert late.verdict == "fail"
@@ -65,7 +66,7 @@ def test_faithful_candidate_passes_and_bugs_fail_naming_why(family):
 
 
 def test_rule_parameters_move_the_verdict(family):
-    loose = FloorRule(ratio=100.0, max_sigma_ratio=100.0)
+    loose = FloorRule(ratio=100.0, max_sigma_ratio=100.0, max_sigma_ratio_abs=100.0)
     assert differ.diff(family["ref"], family["everywhere"], baseline=family["floor"], floor_rule=loose).verdict == "pass"
     tight = FloorRule(ratio=0.5, kl_eps=0.0, abs_eps=0.0)
     assert differ.diff(family["ref"], family["faithful"], baseline=family["floor"], floor_rule=tight).verdict == "fail"

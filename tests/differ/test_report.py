@@ -29,7 +29,7 @@ def test_thresholds_presets_and_merge():
     assert Thresholds().is_empty()
     fp32 = Thresholds.preset("fp32")
     assert fp32.max_kl == 1e-4 and not fp32.is_empty()
-    assert Thresholds.preset("BF16").max_kl == 1.5e-2
+    assert Thresholds.preset("BF16").max_kl == 0.08
     assert set(TOLERANCE_PRESETS) >= {"fp32", "bf16"}
     with pytest.raises(UsageError, match="fp64"):
         Thresholds.preset("fp64")
@@ -79,7 +79,7 @@ def test_json_document_shape(report_pair, tmp_path):
     kls = [w["kl"] for w in doc["worst"]]
     assert kls == sorted(kls, reverse=True)
     assert doc["verdict"] in ("pass", "fail")
-    assert doc["thresholds"]["max_kl"] == 1.5e-2
+    assert doc["thresholds"]["max_kl"] == 0.08
     assert doc["reference"]["digest"].startswith("xxh3-128:")
 
 

@@ -178,3 +178,28 @@ def test_a_qwen2_model_with_tied_embeddings_and_layer_types_is_cut_too(deep_mode
         want = cut(torch.tensor([list(store.tokens(0))])).logits[0].log_softmax(-1).numpy()
     gen = store.sequence_rows(GENERATED, 0)
     assert np.abs(gen - want[s.prompt_len - 1:s.prompt_len - 1 + len(gen)]).max() <= 1e-3
+
+
+def test_bisect_judges_each_depth_against_its_floor(deep_model, drifting_model, tmp_path):
+    """``record --depths ... --floor bf16`` gives every depth golden its floor; bisect of a bfloat16
+    device then judges each probe against its depth's floor, untold (no preset)."""
+    goldens = tmp_path / "goldens"
+    prompts = [a for p in PROMPTS for a in ("--prompts", p)]
+    rec = subprocess.run(
+        [sys.executable, "-m", "parity.cli", "record", "--model", str(deep_model), *prompts, "--max-tokens",
+         str(MAX_TOKENS), "--max-model-len", "256", "--depths", "every", "--floor", "bf16", "--out", str(goldens)],
+        capture_output=True, text=True, timeout=1200)
+    assert rec.returncode == 0, rec.stderr[-2000:]
+    stores = [Store.open(p) for p in rec.stdout.strip().splitlines()]
+    assert len(stores) == LAYERS and all(s.manifest.floor is not None for s in stores)
+    json_path = tmp_path / "b.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "parity.cli", "bisect", "--model", str(drifting_model), "--dtype", "bfloat16",
+         "--golden", str(goldens), "--sweep", "--out", str(tmp_path / "c"), "--max-model-len", "256",
+         "--json", str(json_path), "--no-color"],
+        capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    doc = json.loads(json_path.read_text())
+    assert doc["thresholds_source"] == "the golden's noise floor (bf16)"
+    assert [d["verdict"] for d in doc["depths"]] == ["pass", "pass", "fail", "fail"]
+    assert doc["first_drift_depth"] == DRIFT_LAYER + 1
