@@ -446,6 +446,50 @@ def _floor_html(r: Report) -> str:
     return "".join(parts)
 
 
+def _floor_gate_html(r: Report, c: int) -> str:
+    """The per-position gate against the floor: one row per row kind, then its worst-ratio positions."""
+    f = r.floor
+    rule, per = f.get("rule"), f.get("per_position") or {}
+    if not rule:
+        return ""
+    rows, worst = [], []
+    for kind, p in per.items():
+        if p is None:
+            continue
+        rows.append([kind, p["positions"], f"{100 * p['fraction_within']:.1f}%", f"{100 * p['fraction_within_kl']:.1f}%",
+                     f"{100 * p['fraction_within_abs']:.1f}%", _x(p["sigma_ratio_kl"]), _x(p["sigma_ratio_abs"])])
+        worst += [[kind, w["sequence"], _link(str(w["position"]), w["sequence"], w["position"], c, kind),
+                   fmt(w["kl"]), fmt(w["floor_kl"]), _x(w["ratio"]), fmt(w["max_abs"]), fmt(w["floor_max_abs"])]
+                  for w in p["worst_ratio"]]
+    head = (f"<h3>Position by position against the floor</h3><p>within: KL &le; {rule['ratio']:g}&times; the "
+            f"floor's + {rule['kl_eps']:g} and max |delta| &le; {rule['ratio']:g}&times; the floor's + "
+            f"{rule['abs_eps']:g}; needs {100 * rule['min_fraction']:g}% of positions, sigma ratios &le; "
+            f"{rule['max_sigma_ratio']:g} (KL) and {rule.get('max_sigma_ratio_abs', rule['max_sigma_ratio']):g} "
+            "(|delta|)</p>")
+    return (head + _table(["kind", "positions", "within", "KL within", "|delta| within", "sigma KL", "sigma |delta|"],
+                          rows)
+            + "<h4>Worst ratios to the floor</h4>"
+            + _table(["kind", "seq", "pos", "KL", "floor KL", "ratio", "max |delta|", "floor max |delta|"], worst))
+
+
+def _flips_html(r: Report, c: int) -> str:
+    """Argmax flips by class, and the widest listed."""
+    if not any(f["flips"] for f in r.flips.values()):
+        return ""
+    rows, listed = [], []
+    for kind, f in r.flips.items():
+        rows.append([kind, f["flips"], f["near-tie"], f["real"], f["garbage"], f"{f['tie_steps']:g} {f['dtype']}"])
+        listed += [[kind, x["sequence"], _link(str(x["position"]), x["sequence"], x["position"], c, kind), x["class"],
+                    x["reference_token"], x["candidate_token"], fmt(x["gap"], 3),
+                    "n/a" if x["steps"] is None else f"{x['steps']:.1f}", x["rank_in_reference"]]
+                   for x in f["listed"][:10]]
+    return ("<h3>Argmax flips</h3><p>The reference's logprob gap between its top token and the candidate's, in "
+            "rounding steps of the candidate's dtype; outside the reference's top-100 is garbage.</p>"
+            + _table(["kind", "flips", "near-ties", "real", "garbage", "tie limit (steps)"], rows)
+            + _table(["kind", "seq", "pos", "class", "ref token", "cand token", "gap", "steps", "rank in ref"],
+                     listed))
+
+
 def _worst_detail_html(d: dict) -> str:
     e = html.escape
     snip = lambda s: "[" + ", ".join(f"{v:.4f}" for v in s["head"]) + ", …, " + ", ".join(f"{v:.4f}" for v in s["tail"]) + "]"  # noqa: E731
@@ -513,6 +557,8 @@ def _cand_section(r: Report, label: str, c: int, several: bool) -> str:
         parts.append("<ul>" + "".join(f'<li class="warn">{e(w)}</li>' for w in r.warnings) + "</ul>")
     if r.floor:
         parts.append(_floor_html(r))
+        parts.append(_floor_gate_html(r, c))
+    parts.append(_flips_html(r, c))
     if r.worst:
         parts.append("<h3>Worst positions</h3>" + _table(
             ["kind", "seq", "pos", "KL", "token", "ref top", "cand top", "p(ref top)", "delta-p", "max |delta|"],

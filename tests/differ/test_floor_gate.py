@@ -62,7 +62,14 @@ def test_faithful_candidate_passes_and_bugs_fail_naming_why(family):
     p = late.floor["per_position"]["generated"]
     assert 0.4 < p["fraction_within"] < 0.6  # the first half of each sequence is faithful
     # The worst-ratio positions are named, and all lie in the bugged half.
-    assert p["worst_ratio"] and all(w["position"] >= ROWS[0] // 2 for w in p["worst_ratio"])
+    start = len(DEFAULT_PROMPT)
+    assert p["worst_ratio"] and all(w["position"] >= start + ROWS[0] // 2 for w in p["worst_ratio"])
+    text = differ.render_text(late, color=False)
+    assert "per position: within 4x the floor" in text and "worst ratio: seq" in text
+    page = differ.render_html(late)
+    worst = p["worst_ratio"][0]
+    assert "Position by position against the floor" in page
+    assert f'#select={worst["sequence"]},{worst["position"]}&amp;cand=1' in page
 
 
 def test_rule_parameters_move_the_verdict(family):
@@ -129,3 +136,5 @@ def test_flips_are_classified_by_gap_and_rank(make_store, rng):
     assert r.verdict == "fail" and any("outside the reference's top-100" in x for x in r.failures)
     assert r.to_dict()["flips"]["generated"]["garbage"] == 1
     assert "Argmax flips" in differ.render_text(r, color=False)
+    page = differ.render_html(r)
+    assert "Argmax flips" in page and "garbage" in page
