@@ -17,6 +17,7 @@ import numpy as np
 from parity.errors import ParityError, UsageError
 from parity.schemas import Store
 from parity.schemas.floorlink import open_floor
+from parity.schemas.streamcheck import check_opened
 from parity.settings import settings
 
 from . import assemble, floor, metrics
@@ -236,6 +237,9 @@ def _summarise(reference, candidates: list, labels: list[str | None], details: l
     for store in (ref, *cands):
         # A missing file would read back as zeros and give plausible metrics.
         store.check_complete()
+        # Stores are other people's bytes: what is read must be what the digests name
+        # (the row arrays are checked as they stream).
+        check_opened(store)
     checked = [_checked(ref, c, label) for c, label in zip(cands, labels)]
     plans = [plan for _, plan in checked]
     for cand, plan in zip(cands, plans):

@@ -18,6 +18,7 @@ import numpy as np
 
 from parity.schemas import Store
 from parity.schemas.layout import row_array_names
+from parity.schemas.streamcheck import Checks
 from parity.schemas.verify import available_cores
 
 from . import metrics
@@ -128,7 +129,7 @@ def _detail_arrays(n: int) -> tuple[np.ndarray, np.ndarray]:
 
 def compare_group(ref: Store, cands: Sequence[Store], kind: str, pairs: Sequence[Pairs], eps: float,
                   tick: Callable[[int], None], kernel: str | None = None,
-                  details: bool | Sequence[bool] = False) -> list[dict[str, np.ndarray]]:
+                  details: bool | Sequence[bool] = False, checks: Checks | None = None) -> list[dict[str, np.ndarray]]:
     """Per-position metrics of one row kind for candidates whose pairs share
     the reference rows: each reference block is read once for all of them.
 
@@ -154,7 +155,20 @@ def compare_group(ref: Store, cands: Sequence[Store], kind: str, pairs: Sequence
     cuts = blocks(pairs, min(block_rows_for(w, full) for w, full in shapes))
     buffers = _Buffers()
 
-    def block(a: int, b: int):
+    values, id_name = row_array_names(kind)
+
+    def feeds(a: int, x, xi, sides) -> list:
+        """What the block read, for the digest checks: each side's rows and ids at their first row."""
+        out = [(checks.of(ref, values), int(pairs[0].ref[a]), x)]
+        if xi is not None:
+            out.append((checks.of(ref, id_name), int(pairs[0].ref[a]), xi))
+        for cand, p, (y, yi) in zip(cands, pairs, sides):
+            out.append((checks.of(cand, values), int(p.cand[a]), y))
+            if yi is not None:
+                out.append((checks.of(cand, id_name), int(p.cand[a]), yi))
+        return out
+
+    def block(i: int, a: int, b: int):
         """Metrics (and detail entries) of pairs [a, b) for every candidate, on a worker."""
         x, xi, sides = _read_group(ref, cands, kind, pairs, a, b, buffers)
         ref_entries, results = None, []
@@ -172,16 +186,20 @@ def compare_group(ref: Store, cands: Sequence[Store], kind: str, pairs: Sequence
                     ref_entries = _top_entries(x, xi, got["nan_ref"] > 0, top_r)
                 entries = _top_entries(y, yi, got["nan_cand"] > 0, top_c)
             results.append((got, entries))
+        if checks is not None:  # after the metrics: block i's hashing overlaps block i+1's decoding
+            checks.feed_in_turn(i, feeds(a, x, xi, sides))
         return ref_entries, results
 
+    if checks is not None:
+        checks.reset_turns()
     workers = max(1, min(available_cores(), len(cuts)))
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="parity-diff") as pool:
-        ahead = deque(pool.submit(block, a, b) for a, b in cuts[: workers * IN_FLIGHT_PER_WORKER])
+        ahead = deque(pool.submit(block, j, a, b) for j, (a, b) in enumerate(cuts[: workers * IN_FLIGHT_PER_WORKER]))
         for i, (a, b) in enumerate(cuts):
             ref_entries, results = ahead.popleft().result()
             more = i + len(ahead) + 1
             if more < len(cuts):
-                ahead.append(pool.submit(block, *cuts[more]))
+                ahead.append(pool.submit(block, more, *cuts[more]))
             if ref_entries is not None:
                 ref_ids[a:b], ref_lp[a:b] = ref_entries
             for out, (got, entries) in zip(outs, results):
@@ -207,12 +225,15 @@ def _groups(pairs: list[Pairs]) -> list[list[int]]:
 
 
 def stream(ref: Store, cands: Sequence[Store], plans: Sequence[Plan], *, eps: float, kernel: str,
-           details: Sequence[bool], progress: Progress | None = None) -> list[Positions]:
+           details: Sequence[bool], progress: Progress | None = None, check: bool = True) -> list[Positions]:
     """Per candidate, the per-position metrics of every row kind its plan pairs.
 
     Candidates pairing the same reference rows share a pass (``compare_group``);
-    ``progress(done, total)`` counts row pairs over all candidates.
+    ``progress(done, total)`` counts row pairs over all candidates. ``check``:
+    re-derive the digests of every row array read, in the same pass, and
+    raise StoreCorruptError before returning on any mismatch (``schemas.streamcheck``).
     """
+    checks = Checks() if check else None
     total = sum(plan.total_rows for plan in plans)
     done = 0
 
@@ -232,7 +253,9 @@ def stream(ref: Store, cands: Sequence[Store], plans: Sequence[Plan], *, eps: fl
                 log.debug("%s rows: %d of %d candidates pair other reference rows; reading the reference again",
                           kind, len(group), len(cands))
             outs = compare_group(ref, [cands[i] for i in group], kind, [pairs[i] for i in group], eps, tick, kernel,
-                                 details=[details[i] for i in group])
+                                 details=[details[i] for i in group], checks=checks)
             for i, out in zip(group, outs):
                 positions[i][kind] = out
+    if checks is not None:
+        checks.finish()
     return positions

@@ -410,8 +410,10 @@ def bisect(
 def show(store: StoreArg, json_out: JsonFlag = False, repo: RepoOpt = None) -> None:
     """Print a store's manifest summary (--json: the whole manifest)."""
     from parity.schemas import Store
+    from parity.schemas.streamcheck import check_opened
 
     s = Store.open(_resolve_any(store, repo), fast_read=settings().fast_read)
+    check_opened(s)  # what is shown is what the content digest names
     m = s.manifest
     sink = Output(json_mode=json_out)
     if json_out:

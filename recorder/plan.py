@@ -15,6 +15,7 @@ from pathlib import Path
 
 from parity.errors import GoldenMismatchError, OutputNotWritableError, PromptError, UsageError
 from parity.schemas import ModelRef, Request, Store
+from parity.schemas.streamcheck import check_opened
 from parity.settings import settings
 
 from .devices import EngineOptions, get_profile
@@ -122,6 +123,8 @@ def plan_recording(cfg: RecordConfig, *, check_out: bool = True, fetch_weights: 
         profile.check_available()
 
     golden_store = Store.open(cfg.golden, fast_read=settings().fast_read) if cfg.golden else None
+    if golden_store is not None:
+        check_opened(golden_store)  # its prompts and tokens become this run's request
     inputs = _ModelInputs.of(keyed) if keyed is not None else _resolve_model_inputs(cfg, fetch_weights)
 
     trajectories = None

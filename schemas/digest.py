@@ -107,13 +107,13 @@ class BlockHashers:
         for a, b in zip([0, *cuts.tolist()], [*cuts.tolist(), len(tags)]):
             self.update(int(tags[a]), rows[a:b])
 
+    def block_digests(self, counts: list[int], width: int) -> list[str]:
+        """Each sequence block's digest, in sequence order."""
+        return [(self.blocks[s].hexdigest((n, width)) if s in self.blocks else _empty_block(self.dtype, width))
+                for s, n in enumerate(counts)]
+
     def digest(self, counts: list[int], width: int) -> str:
-        return rows_digest(
-            self.dtype,
-            width,
-            [(self.blocks[s].hexdigest((n, width)) if s in self.blocks else _empty_block(self.dtype, width))
-             for s, n in enumerate(counts)],
-        )
+        return rows_digest(self.dtype, width, self.block_digests(counts, width))
 
 
 def _empty_block(dtype, width: int) -> str:

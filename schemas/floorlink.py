@@ -87,6 +87,9 @@ def open_floor(golden: Store, *, fast_read: bool = True) -> Store | None:
     if link is None:
         return None
     where = golden.path / link.path
+    if where.is_symlink():
+        raise StoreCorruptError(f"{golden.path}: its noise floor {link.path}/ is a symbolic link (parity follows no "
+                                "links inside a store)", hint="pull the golden again, or diff without it (--no-floor)")
     if not (where / "zarr.json").is_file():
         raise StoreCorruptError(f"{golden.path}: its manifest links a noise floor at {link.path}/, which is missing",
                                 hint="pull the golden again, or diff without it (--no-floor)")

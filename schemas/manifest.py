@@ -9,12 +9,14 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from parity.errors import NotAStoreError, SchemaVersionError
+from parity.errors import NotAStoreError, SchemaVersionError, StoreCorruptError
 
-from .digest import request_key
+from .digest import parse_tagged, request_key
+from .layout import ROW_KINDS, row_array_names
 
 FORMAT = "parity.store"
-SCHEMA_VERSION = 2  # what writers write
+SCHEMA_VERSION = 3  # what writers write
+BLOCK_DIGESTS_FROM = 3  # row arrays list their sequence blocks' digests from this version on
 OLDEST_SCHEMA_VERSION = 1  # readers open every version from this one up (SPEC.md, "Versioning")
 
 
@@ -27,6 +29,81 @@ def _require(d: dict, key: str, kind, where: str):
     return value
 
 
+# Strict field parsing: a store is somebody else's bytes, and a wrong type
+# must be refused here, named by its dotted path, not crash a command later.
+MAX_COUNT = 1 << 40  # no count in a store comes near this
+TOKEN_LIMIT = 1 << 31  # token ids are stored as int32
+DTYPES = ("<f4", "<i4", "<i8")  # what parity stores (SPEC.md, "Arrays")
+ARRAY_NAMES = ("token_ids", "token_offsets",
+               *(n for kind in ROW_KINDS for v, ids in [row_array_names(kind)] for n in (v, f"{v}_starts", ids)))
+_REQUIRED = object()
+
+
+def _damaged(message: str) -> NotAStoreError:
+    """A manifest that has a field wrong: the store is damaged (or was written to mislead), not another kind of directory."""
+    return NotAStoreError(message, hint=StoreCorruptError.hint)
+
+
+def _bad(path: str, what: str):
+    raise _damaged(f"manifest field {path} must be {what}")
+
+
+def _field(d: dict, key: str, where: str, ok, what: str, default=_REQUIRED):
+    """``d[key]`` when ``ok`` says it is ``what``; ``default`` when absent (absent and no default: an error)."""
+    if key not in d:
+        if default is _REQUIRED:
+            raise _damaged(f"manifest is missing {where}.{key}" if where else f"manifest is missing {key}")
+        return default
+    value = d[key]
+    if not ok(value):
+        _bad(f"{where}.{key}" if where else key, what)
+    return value
+
+
+def _is_count(v) -> bool:
+    return type(v) is int and 0 <= v < MAX_COUNT
+
+
+def _is_positive(v) -> bool:
+    return type(v) is int and 0 < v < MAX_COUNT
+
+
+def _is_int(v) -> bool:
+    return type(v) is int and -(1 << 63) <= v < 1 << 64
+
+
+def _is_str(v) -> bool:
+    return type(v) is str
+
+
+def _is_dict(v) -> bool:
+    return type(v) is dict
+
+
+def _optional(ok):
+    return lambda v: v is None or ok(v)
+
+
+_is_text = _optional(_is_str)
+_is_object = _optional(_is_dict)
+
+
+def _is_digest(v) -> bool:
+    try:
+        return type(v) is str and bool(parse_tagged(v))
+    except ValueError:
+        return False
+
+
+COUNT = "a non-negative integer"
+DIGEST = "an xxh3-128 digest ('xxh3-128:' and 32 hex digits)"
+
+
+def _token_ids(p) -> bool:
+    """A list of token ids (one C-speed pass over the types, then min and max)."""
+    return type(p) is list and (not p or (set(map(type, p)) == {int} and min(p) >= 0 and max(p) < TOKEN_LIMIT))
+
+
 @dataclass(frozen=True)
 class ModelRef:
     id: str
@@ -36,13 +113,14 @@ class ModelRef:
     source: str = "local"  # local | hub | preset | built-in
 
     @classmethod
-    def parse(cls, d: dict) -> "ModelRef":
+    def parse(cls, d: dict, where: str = "request.model") -> "ModelRef":
+        text = _is_text
         return cls(
-            id=_require(d, "id", str, "request.model"),
-            weights_digest=d.get("weights_digest"),
-            tokenizer_digest=d.get("tokenizer_digest"),
-            revision=d.get("revision"),
-            source=d.get("source", "local"),
+            id=_field(d, "id", where, _is_str, "a string"),
+            weights_digest=_field(d, "weights_digest", where, text, "a string or null", None),
+            tokenizer_digest=_field(d, "tokenizer_digest", where, text, "a string or null", None),
+            revision=_field(d, "revision", where, text, "a string or null", None),
+            source=_field(d, "source", where, _is_str, "a string", "local"),
         )
 
 
@@ -93,21 +171,24 @@ class Request:
         return d
 
     @classmethod
-    def parse(cls, d: dict) -> "Request":
-        prompts = _require(d, "prompts", list, "request")
-        if not all(isinstance(p, list) and all(isinstance(t, int) for t in p) for p in prompts):
-            raise NotAStoreError("manifest request.prompts must be lists of token ids")
+    def parse(cls, d: dict, where: str = "request") -> "Request":
+        prompts = _field(d, "prompts", where, lambda v: type(v) is list, "a list of prompts")
+        for i, p in enumerate(prompts):
+            if not _token_ids(p):
+                _bad(f"{where}.prompts[{i}]", f"a list of token ids (integers from 0 to {TOKEN_LIMIT - 1})")
         return cls(
-            model=ModelRef.parse(_require(d, "model", dict, "request")),
+            model=ModelRef.parse(_field(d, "model", where, _is_dict, "an object"), f"{where}.model"),
             prompts=tuple(tuple(p) for p in prompts),
-            max_tokens=_require(d, "max_tokens", int, "request"),
-            logprobs=_require(d, "logprobs", int, "request"),
-            prompt_logprobs=bool(_require(d, "prompt_logprobs", bool, "request")),
-            dtype=_require(d, "dtype", str, "request"),
-            max_model_len=_require(d, "max_model_len", int, "request"),
-            seed=_require(d, "seed", int, "request"),
-            num_hidden_layers=d.get("num_hidden_layers"),
-            sampling=d.get("sampling") or {"temperature": 0.0},
+            max_tokens=_field(d, "max_tokens", where, _is_count, COUNT),
+            logprobs=_field(d, "logprobs", where, lambda v: v == -1 and type(v) is int or _is_positive(v),
+                            "-1 (full vocabulary) or a positive integer (top-N)"),
+            prompt_logprobs=_field(d, "prompt_logprobs", where, lambda v: type(v) is bool, "true or false"),
+            dtype=_field(d, "dtype", where, _is_str, "a string"),
+            max_model_len=_field(d, "max_model_len", where, _is_count, COUNT),
+            seed=_field(d, "seed", where, _is_int, "an integer"),
+            num_hidden_layers=_field(d, "num_hidden_layers", where, _optional(_is_positive),
+                                     "a positive integer or null", None),
+            sampling=_field(d, "sampling", where, _optional(_is_dict), "an object", None) or {"temperature": 0.0},
         )
 
 
@@ -120,13 +201,11 @@ class Device:
     host: dict = field(default_factory=dict)
 
     @classmethod
-    def parse(cls, d: dict) -> "Device":
+    def parse(cls, d: dict, where: str = "device") -> "Device":
+        obj = _is_object
         return cls(
-            kind=_require(d, "kind", str, "device"),
-            versions=d.get("versions") or {},
-            env=d.get("env") or {},
-            engine_args=d.get("engine_args") or {},
-            host=d.get("host") or {},
+            kind=_field(d, "kind", where, _is_str, "a string"),
+            **{k: _field(d, k, where, obj, "an object", None) or {} for k in ("versions", "env", "engine_args", "host")},
         )
 
 
@@ -141,15 +220,18 @@ class SequenceInfo:
     text: str | None = None
 
     @classmethod
-    def parse(cls, d: dict) -> "SequenceInfo":
+    def parse(cls, d: dict, where: str = "sequences[]") -> "SequenceInfo":
+        if not _is_dict(d):
+            _bad(where, "an object")
+        text = _is_text
         return cls(
-            index=_require(d, "index", int, "sequences[]"),
-            prompt_len=_require(d, "prompt_len", int, "sequences[]"),
-            generated_len=_require(d, "generated_len", int, "sequences[]"),
-            finish_reason=d.get("finish_reason"),
-            nan_rows=d.get("nan_rows", 0),
-            inf_rows=d.get("inf_rows", 0),
-            text=d.get("text"),
+            index=_field(d, "index", where, _is_count, COUNT),
+            prompt_len=_field(d, "prompt_len", where, _is_count, COUNT),
+            generated_len=_field(d, "generated_len", where, _is_count, COUNT),
+            finish_reason=_field(d, "finish_reason", where, text, "a string or null", None),
+            nan_rows=_field(d, "nan_rows", where, _is_count, COUNT, 0),
+            inf_rows=_field(d, "inf_rows", where, _is_count, COUNT, 0),
+            text=_field(d, "text", where, text, "a string or null", None),
         )
 
 
@@ -158,17 +240,32 @@ class ArrayInfo:
     dtype: str
     shape: tuple[int, ...]
     digest: str
+    # Row arrays from schema 3 on: each sequence block's digest, in sequence
+    # order (``digest`` combines them), so a reader names the sequence it
+    # finds damaged. None: a 1-D array, or a store written before schema 3.
+    blocks: tuple[str, ...] | None = None
 
     @classmethod
-    def parse(cls, d: dict) -> "ArrayInfo":
+    def parse(cls, d: dict, where: str = "arrays[]") -> "ArrayInfo":
+        if not _is_dict(d):
+            _bad(where, "an object")
+        blocks = _field(d, "blocks", where, _optional(lambda v: type(v) is list and all(map(_is_digest, v))),
+                        "a list of digests", None)
+        shape = _field(d, "shape", where, lambda v: type(v) is list and len(v) in (1, 2) and all(map(_is_count, v)),
+                       "a list of one or two non-negative integers")
         return cls(
-            dtype=_require(d, "dtype", str, "arrays[]"),
-            shape=tuple(_require(d, "shape", list, "arrays[]")),
-            digest=_require(d, "digest", str, "arrays[]"),
+            dtype=_field(d, "dtype", where, lambda v: v in DTYPES and type(v) is str,
+                         "one of " + ", ".join(map(repr, DTYPES))),
+            shape=tuple(shape),
+            digest=_field(d, "digest", where, _is_digest, DIGEST),
+            blocks=None if blocks is None else tuple(blocks),
         )
 
     def to_dict(self) -> dict:
-        return {"dtype": self.dtype, "shape": list(self.shape), "digest": self.digest}
+        d = {"dtype": self.dtype, "shape": list(self.shape), "digest": self.digest}
+        if self.blocks is not None:
+            d["blocks"] = list(self.blocks)
+        return d
 
 
 @dataclass(frozen=True)
@@ -190,10 +287,12 @@ class FloorLink:
     @classmethod
     def parse(cls, d: Any) -> "FloorLink":
         if not isinstance(d, dict):
-            raise NotAStoreError("manifest field floor must be an object")
-        link = cls(**{k: _require(d, k, str, "floor") for k in ("path", "digest", "kind", "device", "dtype")})
+            raise _damaged("manifest field floor must be an object")
+        link = cls(**{k: _field(d, k, "floor", _is_digest if k == "digest" else _is_str,
+                                DIGEST if k == "digest" else "a string")
+                         for k in ("path", "digest", "kind", "device", "dtype")})
         if not link.path or link.path in (".", "..") or "/" in link.path or "\\" in link.path:
-            raise NotAStoreError(f"manifest field floor.path {link.path!r} is not a directory name inside the store")
+            raise _damaged(f"manifest field floor.path {link.path[:60]!r} is not a directory name inside the store")
         return link
 
     def to_dict(self) -> dict:
@@ -269,26 +368,60 @@ class Manifest:
         if not isinstance(d, dict) or d.get("format") != FORMAT:
             raise NotAStoreError("not a parity store (no parity manifest in the Zarr group attributes)")
         version = d.get("schema_version")
-        if not isinstance(version, int):
+        if type(version) is not int:
             raise NotAStoreError("manifest has no schema_version")
+        if not 0 <= version < MAX_COUNT:
+            raise NotAStoreError("manifest has an unknown schema_version")
         if version < OLDEST_SCHEMA_VERSION:
             raise NotAStoreError(f"manifest has an unknown schema_version {version}")
         if version > SCHEMA_VERSION:
             raise SchemaVersionError(
                 f"store has schema_version {version}; this parity reads up to {SCHEMA_VERSION}"
             )
-        return cls(
-            request=Request.parse(_require(d, "request", dict, "manifest")),
-            device=Device.parse(_require(d, "device", dict, "manifest")),
-            vocab_size=_require(d, "vocab_size", int, "manifest"),
-            tokenizer_vocab_size=d.get("tokenizer_vocab_size"),
-            sequences=tuple(SequenceInfo.parse(s) for s in _require(d, "sequences", list, "manifest")),
-            arrays={k: ArrayInfo.parse(v) for k, v in _require(d, "arrays", dict, "manifest").items()},
-            created_at=_require(d, "created_at", str, "manifest"),
-            tool_version=_require(d, "tool_version", str, "manifest"),
-            run=d.get("run") or {},
+        arrays = _field(d, "arrays", "", _is_dict, "an object")
+        for name in arrays:
+            if name not in ARRAY_NAMES:
+                raise _damaged(f"manifest field arrays names an array {name[:40]!r} that is not one of a "
+                               "parity store's")
+        sequences = _field(d, "sequences", "", lambda v: type(v) is list, "a list")
+        manifest = cls(
+            request=Request.parse(_field(d, "request", "", _is_dict, "an object")),
+            device=Device.parse(_field(d, "device", "", _is_dict, "an object")),
+            vocab_size=_field(d, "vocab_size", "", lambda v: _is_positive(v) and v <= TOKEN_LIMIT,
+                              f"a positive integer up to {TOKEN_LIMIT}"),
+            tokenizer_vocab_size=_field(d, "tokenizer_vocab_size", "", _optional(_is_positive),
+                                        "a positive integer or null", None),
+            sequences=tuple(SequenceInfo.parse(s, f"sequences[{i}]") for i, s in enumerate(sequences)),
+            arrays={k: ArrayInfo.parse(v, f"arrays.{k}") for k, v in arrays.items()},
+            created_at=_field(d, "created_at", "", _is_str, "a string"),
+            tool_version=_field(d, "tool_version", "", _is_str, "a string"),
+            run=_field(d, "run", "", _optional(_is_dict), "an object", None) or {},
             schema_version=version,
-            request_key=d.get("request_key", ""),
-            digest=d.get("digest", ""),
+            request_key=_field(d, "request_key", "", _is_digest, DIGEST, ""),
+            digest=_field(d, "digest", "", _is_digest, DIGEST, ""),
             floor=FloorLink.parse(d["floor"]) if d.get("floor") is not None else None,
         )
+        manifest._check_sequences(d.get("positions"))
+        return manifest
+
+    def _check_sequences(self, positions: Any) -> None:
+        """The sequences against the request's prompts, and the derived ``positions`` against both."""
+        prompts = self.request.prompts
+        if len(self.sequences) != len(prompts):
+            raise _damaged(f"manifest field sequences has {len(self.sequences)} entries for "
+                           f"{len(prompts)} prompts in request.prompts")
+        for i, (s, p) in enumerate(zip(self.sequences, prompts)):
+            if s.index != i:
+                raise _damaged(f"manifest field sequences[{i}].index is {s.index}, not its position {i}")
+            if s.prompt_len != len(p):
+                raise _damaged(f"manifest field sequences[{i}].prompt_len is {s.prompt_len}, but "
+                               f"request.prompts[{i}] has {len(p)} tokens")
+        if positions is None:
+            return
+        if not _is_dict(positions):
+            _bad("positions", "an object")
+        for kind in ("prompt", "generated"):
+            derived = sum(self.row_counts(kind))
+            if positions.get(kind) != derived or type(positions.get(kind)) is not int:
+                raise _damaged(f"manifest field positions.{kind} must be {derived}, the {kind} rows "
+                               "its sequences hold")

@@ -15,9 +15,18 @@ What is read here, and checked:
   add an index of ``bytes`` and optionally ``crc32c``, at either end. Any
   other metadata raises ``Unsupported`` and the caller reads the array
   through zarr, which stays the format's reference reader;
-- each shard's index: its crc32c, and that every chunk lies inside the file;
+- each shard's index: its crc32c, that every chunk lies inside the file,
+  that no two chunks share bytes, and that no chunk is longer than one
+  chunk's bytes can encode to (so nothing is allocated for a lie);
 - each chunk: its crc32c before anything is decoded, then that the Blosc
-  header announces exactly one chunk's bytes.
+  header announces exactly one chunk's bytes (a header announcing gigabytes
+  is refused before decoding, into a buffer of one chunk);
+- the files themselves (``open_regular``): a regular file, never a link
+  (but the Hugging Face cache's, ``hf_blobs``), never a FIFO or a device,
+  opened without blocking.
+
+``read_metadata`` reads a zarr.json bounded (size, nesting) and strictly
+(UTF-8, JSON without NaN or infinities): a store is somebody else's bytes.
 
 A chunk or shard that was never written reads as the fill value, as zarr
 reads it, except where ``required`` says the rows hold data: a parity store
@@ -32,9 +41,13 @@ decodes while another thread computes.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
+import math
 import os
+import re
+import stat
 import struct
 import sys
 import threading
@@ -78,8 +91,21 @@ def _named(codec) -> tuple[str, dict]:
     if isinstance(codec, str):
         return codec, {}
     if isinstance(codec, dict) and isinstance(codec.get("name"), str):
-        return codec["name"], dict(codec.get("configuration") or {})
-    raise Unsupported(f"codec {codec!r}")
+        conf = codec.get("configuration") or {}
+        if isinstance(conf, dict):
+            return codec["name"], dict(conf)
+    raise Unsupported(f"codec {_short(codec)}")
+
+
+def _count(value) -> bool:
+    """A JSON integer (not a bool) that counts something: rows, a chunk's length."""
+    return type(value) is int and 0 <= value < 1 << 40
+
+
+def _rows_shape(value, what: str) -> list[int]:
+    if not isinstance(value, list) or not all(_count(n) for n in value):
+        raise Unsupported(f"{what} {_short(value)}")
+    return value
 
 
 def _chain(codecs, itemsize: int) -> tuple[bool, bool]:
@@ -115,15 +141,252 @@ def _fill(value, dtype: np.dtype):
     raise Unsupported(f"fill value {value!r}")
 
 
-def read_metadata(node: Path) -> dict:
-    """The JSON object in a Zarr v3 node's (group's or array's) zarr.json; Unsupported if unreadable."""
+# What parity reads of a node's zarr.json: the group's holds the manifest
+# (prompts included), an array's a few hundred bytes.
+GROUP_METADATA_BYTES = 64 << 20
+ARRAY_METADATA_BYTES = 1 << 20
+METADATA_DEPTH = 64  # nesting of JSON containers in a zarr.json
+# Decoded bytes of one chunk (parity writes 16 rows: 8 MiB for a 128k vocabulary).
+MAX_CHUNK_BYTES = 256 << 20
+MAX_SHARD_CHUNKS = 1 << 22  # a shard index of 64 MiB
+# The codecs parity reads: these (fast, below) or zarr's built-in ones (through zarr).
+READABLE_CODECS = ("bytes", "blosc", "crc32c", "sharding_indexed", "zstd", "gzip", "transpose")
+BLOSC_MAX_OVERHEAD = 16  # a Blosc frame is at most its input plus this
+
+
+class BadFile(CorruptArray):
+    """A file of a store that is not what it should be (a link, a FIFO, a directory, empty, unreadable)."""
+
+
+class BadMetadata(ValueError):
+    """A zarr.json that parity does not read: too large, not UTF-8, not JSON, nested too deep, not a file."""
+
+
+def _size(n: int) -> str:
+    return f"{n >> 20} MiB" if n >= 1 << 20 and not n & ((1 << 20) - 1) else f"{n} bytes"
+
+
+def _file_kind(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "a directory, not a file"
+    if stat.S_ISLNK(mode):
+        return "a symbolic link (parity follows no links inside a store)"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO, not a file"
+    if stat.S_ISSOCK(mode):
+        return "a socket, not a file"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device, not a file"
+    return "not a regular file"
+
+
+def hf_blobs(store: Path | str) -> str | None:
+    """The blobs directory of the Hugging Face cache repository a store was pulled into, else None.
+
+    A pulled store's files are links from ``snapshots/<commit>/...`` to
+    ``blobs/<hash>`` (how huggingface_hub keeps its cache): the only links
+    a store may hold, and only to a regular file in that directory.
+    """
+    real = Path(os.path.realpath(store))
+    for p in (real, *real.parents):
+        if p.parent.name == "snapshots" and p.parent != p:
+            blobs = p.parent.parent / "blobs"
+            return os.path.realpath(blobs) if blobs.is_dir() else None
+    return None
+
+
+def _linked_blob(path: Path | str, links: str | None) -> str:
+    """The blob a Hugging Face cache link points at; BadFile for any other link."""
+    target = os.path.realpath(path) if links else ""
+    if not links or os.path.dirname(target) != links:
+        raise BadFile(f"{path} is {_file_kind(stat.S_IFLNK)}")
+    return target
+
+
+def file_problem(path: Path | str, links: str | None = None) -> str | None:
+    """Why ``path`` is not a non-empty regular file ("is missing", "is a FIFO, not a file", ...), or None.
+
+    Never opens it, so a FIFO or a device cannot block or feed the reader.
+    """
     try:
-        meta = json.loads((node / "zarr.json").read_text())
-    except (OSError, ValueError) as e:
-        raise Unsupported(f"unreadable metadata: {e}") from None
+        st = os.lstat(path)
+        if stat.S_ISLNK(st.st_mode):
+            st = os.stat(_linked_blob(path, links))
+    except BadFile as e:
+        return str(e)[len(str(path)) + 1 :]
+    except (FileNotFoundError, NotADirectoryError):
+        return "is missing"
+    except OSError as e:
+        return f"cannot be read ({e.strerror or e})"
+    if not stat.S_ISREG(st.st_mode):
+        return f"is {_file_kind(st.st_mode)}"
+    if st.st_size == 0:
+        return "is empty"
+    return None
+
+
+_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+
+
+def open_regular(path: Path | str, links: str | None = None) -> int:
+    """A read-only descriptor of the regular file at ``path``.
+
+    A link is never followed (but a Hugging Face cache link into ``links``,
+    see ``hf_blobs``), and a FIFO or a device never blocks the open: BadFile.
+    FileNotFoundError when there is no file.
+    """
+    try:
+        fd = os.open(path, _OPEN_FLAGS)
+    except OSError as e:
+        if e.errno not in (errno.ELOOP, errno.EMLINK) or not os.path.islink(path):
+            if isinstance(e, (FileNotFoundError, NotADirectoryError)):
+                raise FileNotFoundError(e.errno, e.strerror, str(path)) from None
+            raise BadFile(f"{path} cannot be read ({e.strerror or e})") from None
+        fd = os.open(_linked_blob(path, links), _OPEN_FLAGS)
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise BadFile(f"{path} is {_file_kind(mode)}")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _json_depth_ok(obj, limit: int) -> bool:
+    """Whether no container in ``obj`` is nested deeper than ``limit`` (no recursion)."""
+    stack = [(obj, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return False
+        values = node.values() if type(node) is dict else node
+        if set(map(type, values)) <= _SCALARS:  # a list of token ids: one C-speed pass
+            continue
+        stack.extend((v, depth + 1) for v in values if type(v) is dict or type(v) is list)
+    return True
+
+
+_SCALARS = {str, int, float, bool, type(None)}
+_SURROGATE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def _not_json_constant(name: str):
+    raise ValueError(f"it holds {name}")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"it holds the number {text[:40]}, which overflows a float")
+    return value
+
+
+def read_metadata(node: Path, limit: int = ARRAY_METADATA_BYTES, links: str | None = None,
+                  nesting: Callable[[dict], object] | None = None) -> dict:
+    """The JSON object in a Zarr v3 node's (group's or array's) zarr.json.
+
+    Bounded: at most ``limit`` bytes, containers nested at most
+    METADATA_DEPTH deep; strict: UTF-8, JSON without NaN or infinities, a
+    regular file (``open_regular``). BadMetadata names the file and what is wrong.
+    ``nesting``: the part of the object whose nesting to check, when the
+    caller checks the rest field by field (the manifest's token ids).
+    """
+    path = Path(node) / "zarr.json"
+    try:
+        fd = open_regular(path, links)
+    except FileNotFoundError:
+        raise BadMetadata(f"{path} is missing") from None
+    except BadFile as e:
+        raise BadMetadata(str(e)) from None
+    try:
+        size = os.fstat(fd).st_size
+        if size > limit:
+            raise BadMetadata(f"{path} is {size} bytes, more than parity reads ({_size(limit)})")
+        want = size + 1  # one more: a file that grew since fstat is refused below
+        raw = os.read(fd, want) if size else b""
+        while size and len(raw) < want:
+            more = os.read(fd, want - len(raw))
+            if not more:
+                break
+            raw += more
+    except OSError as e:
+        raise BadMetadata(f"{path} cannot be read ({e.strerror or e})") from None
+    finally:
+        os.close(fd)
+    if len(raw) > limit:
+        raise BadMetadata(f"{path} is more than parity reads ({_size(limit)})")
+    if not raw:
+        raise BadMetadata(f"{path} is empty")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise BadMetadata(f"{path} is not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start})") from None
+    try:
+        meta = json.loads(text, parse_constant=_not_json_constant, parse_float=_finite)
+    except RecursionError:
+        raise BadMetadata(f"{path} nests JSON deeper than parity reads ({METADATA_DEPTH} levels)") from None
+    except json.JSONDecodeError as e:
+        raise BadMetadata(f"{path} is not JSON ({e.msg}: line {e.lineno} column {e.colno})") from None
+    except ValueError as e:  # NaN, infinities, integers too long to convert
+        raise BadMetadata(f"{path} is not JSON ({str(e)[:120]})") from None
     if not isinstance(meta, dict):
-        raise Unsupported("metadata is not an object")
+        raise BadMetadata(f"{path} is not a JSON object")
+    if not _json_depth_ok(meta if nesting is None else nesting(meta), METADATA_DEPTH):
+        raise BadMetadata(f"{path} nests JSON deeper than parity reads ({METADATA_DEPTH} levels)")
+    if "\\" in text and _SURROGATE.search(text):  # UTF-16 halves: legal in pairs only
+        try:
+            json.dumps(meta, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise BadMetadata(f"{path} holds an unpaired UTF-16 surrogate escape, which is not text") from None
     return meta
+
+
+def codec_problem(meta: dict) -> str | None:
+    """What in an array's codecs parity does not read (a codec it does not know, a malformed entry), or None."""
+    pending = [meta.get("codecs")]
+    while pending:
+        codecs = pending.pop()
+        if not isinstance(codecs, list) or not codecs:
+            return f"codecs {_short(codecs)} are not a list of codecs"
+        for codec in codecs:
+            name = codec if isinstance(codec, str) else codec.get("name") if isinstance(codec, dict) else None
+            if not isinstance(name, str):
+                return f"codec {_short(codec)} has no name"
+            if name not in READABLE_CODECS:
+                return f"codec {_short(name)} is not one parity reads"
+            conf = codec.get("configuration", {}) if isinstance(codec, dict) else {}
+            if not isinstance(conf, dict):
+                return f"codec {name!r} has a configuration that is not an object"
+            if name == "sharding_indexed":
+                pending += [conf.get("codecs"), conf.get("index_codecs")]
+    return None
+
+
+def chunk_problem(meta: dict, itemsize: int) -> str | None:
+    """Whether an array's chunks (the inner ones of a shard) decode to more than parity reads, or None."""
+    shape = None
+    grid = meta.get("chunk_grid")
+    if isinstance(grid, dict) and isinstance(grid.get("configuration"), dict):
+        shape = grid["configuration"].get("chunk_shape")
+    codecs = meta.get("codecs")
+    first = codecs[0] if isinstance(codecs, list) and codecs else None
+    if isinstance(first, dict) and first.get("name") == "sharding_indexed":
+        conf = first.get("configuration")
+        shape = conf.get("chunk_shape") if isinstance(conf, dict) else None
+    if not isinstance(shape, list) or not shape or not all(type(n) is int and 0 < n < 1 << 40 for n in shape):
+        return f"chunk shape {_short(shape)} is not a list of positive integers"
+    nbytes = itemsize
+    for n in shape:
+        nbytes *= n
+    if nbytes > MAX_CHUNK_BYTES:
+        return f"chunks of {nbytes} bytes, more than parity reads ({_size(MAX_CHUNK_BYTES)})"
+    return None
+
+
+def _short(value, n: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= n else text[: n - 3] + "..."
 
 
 class _Buffers(threading.local):
@@ -151,10 +414,22 @@ def _pread_into(fd: int, buf: np.ndarray, offset: int) -> int:
 class ArrayReader:
     """Rows of one array, read from its chunk or shard files (see the module docstring)."""
 
-    def __init__(self, path: Path, meta: dict, required: Required | None = None):
+    def __init__(self, path: Path, meta: dict, required: Required | None = None, links: str | None = None):
         self.path = Path(path)
         self.required = required
-        if meta.get("zarr_format") != 3 or meta.get("node_type") != "array":
+        self.links = links  # where a pulled store's files may link to (``hf_blobs``)
+        try:
+            self._parse(meta)
+        except (TypeError, ValueError, OverflowError, AttributeError, KeyError) as e:  # malformed, not unknown
+            raise Unsupported(f"malformed metadata ({type(e).__name__}: {str(e)[:80]})") from None
+        self._indexes: OrderedDict[int, tuple[list[int], list[int]]] = OrderedDict()
+        self._lock = threading.Lock()
+        # Per thread: the last chunk decoded only in part, as ((file, chunk), rows);
+        # a stream's next read starts inside it.
+        self._edge = threading.local()
+
+    def _parse(self, meta: dict) -> None:
+        if not isinstance(meta, dict) or meta.get("zarr_format") != 3 or meta.get("node_type") != "array":
             raise Unsupported("not a Zarr v3 array")
         if sys.byteorder != "little":
             raise Unsupported("big-endian host")
@@ -169,14 +444,14 @@ class ArrayReader:
             raise Unsupported(f"data type {dtype!r}") from None
         if self.dtype.kind not in "biuf":
             raise Unsupported(f"data type {dtype!r}")
-        self.shape = tuple(int(n) for n in meta.get("shape", ()))
+        self.shape = tuple(_rows_shape(meta.get("shape"), "shape"))
         if len(self.shape) not in (1, 2):
             raise Unsupported(f"{len(self.shape)}-D array")
         self.row_shape = self.shape[1:]
         self.fill = _fill(meta.get("fill_value", 0), self.dtype)
 
         grid, grid_conf = _named(meta.get("chunk_grid"))
-        outer = list(grid_conf.get("chunk_shape", ()))
+        outer = _rows_shape(grid_conf.get("chunk_shape"), "chunk shape")
         if grid != "regular" or len(outer) != len(self.shape) or outer[1:] != list(self.row_shape):
             raise Unsupported(f"chunk grid {meta.get('chunk_grid')!r} (rows only)")
         keys, key_conf = _named(meta.get("chunk_key_encoding", {"name": "default"}))
@@ -191,7 +466,7 @@ class ArrayReader:
         if self.sharded:
             if len(codecs) != 1:
                 raise Unsupported("codecs after sharding_indexed")
-            inner = list(conf.get("chunk_shape", ()))
+            inner = _rows_shape(conf.get("chunk_shape"), "inner chunk shape")
             if len(inner) != len(self.shape) or inner[1:] != list(self.row_shape) or inner[0] <= 0 \
                     or self.rows_per_file % inner[0]:
                 raise Unsupported(f"inner chunk shape {inner} (whole rows, dividing the shard)")
@@ -205,6 +480,8 @@ class ArrayReader:
                 raise Unsupported(f"index location {location!r}")
             self.index_at_end = location == "end"
             self.chunks_per_file = self.rows_per_file // self.chunk_rows
+            if self.chunks_per_file > MAX_SHARD_CHUNKS:
+                raise Unsupported(f"{self.chunks_per_file} chunks a shard")
             self.index_nbytes = 16 * self.chunks_per_file + (4 if self.index_crc else 0)
         else:
             self.chunk_rows = self.rows_per_file
@@ -212,18 +489,18 @@ class ArrayReader:
             self.chunks_per_file = 1
         if self.rows_per_file <= 0:
             raise Unsupported("empty chunks")
-        self.row_nbytes = int(np.prod(self.row_shape, dtype=np.int64)) * self.dtype.itemsize
+        self.row_nbytes = (self.row_shape[0] if self.row_shape else 1) * self.dtype.itemsize
         self.chunk_nbytes = self.chunk_rows * self.row_nbytes
-        self._indexes: OrderedDict[int, tuple[list[int], list[int]]] = OrderedDict()
-        self._lock = threading.Lock()
-        # Per thread: the last chunk decoded only in part, as ((file, chunk), rows);
-        # a stream's next read starts inside it.
-        self._edge = threading.local()
+        if self.chunk_nbytes > MAX_CHUNK_BYTES or self.row_nbytes == 0:
+            raise Unsupported(f"chunks of {self.chunk_nbytes} bytes")
+        # The most bytes a chunk can take on disk: Blosc adds at most its
+        # header, crc32c its 4 bytes (a longer one is refused unread).
+        self.max_encoded = self.chunk_nbytes + (BLOSC_MAX_OVERHEAD if self.blosc else 0) + (4 if self.crc else 0)
 
     @classmethod
-    def open(cls, path: Path | str, required: Required | None = None) -> "ArrayReader":
+    def open(cls, path: Path | str, required: Required | None = None, links: str | None = None) -> "ArrayReader":
         path = Path(path)
-        return cls(path, read_metadata(path), required)
+        return cls(path, read_metadata(path, links=links), required, links)
 
     # -- files --------------------------------------------------------------
     def file_key(self, i: int) -> str:
@@ -240,6 +517,15 @@ class ArrayReader:
 
     def _where(self, i: int, k: int) -> str:
         return f"{self.file_key(i)} chunk {k}" if self.sharded else self.file_key(i)
+
+    def _open(self, i: int) -> int | None:
+        """A descriptor of file i (``open_regular``), None when it does not exist."""
+        try:
+            return open_regular(self.file_path(i), self.links)
+        except FileNotFoundError:
+            return None
+        except BadFile as e:
+            raise BadFile(f"{self.file_key(i)}{str(e)[len(str(self.file_path(i))):]}") from None
 
     # -- reading ------------------------------------------------------------
     def read(self, start: int, stop: int, out: np.ndarray | None = None) -> np.ndarray:
@@ -259,9 +545,8 @@ class ArrayReader:
     def _read_file(self, i: int, a: int, b: int, dest: np.ndarray) -> None:
         first = i * self.rows_per_file
         k0, k1 = (a - first) // self.chunk_rows, (b - 1 - first) // self.chunk_rows + 1
-        try:
-            fd = os.open(self.file_path(i), os.O_RDONLY)
-        except FileNotFoundError:
+        fd = self._open(i)
+        if fd is None:
             for k in range(k0, k1):
                 self._fill_chunk(i, k, a, b, dest)
             return
@@ -269,7 +554,11 @@ class ArrayReader:
             if self.sharded:
                 offsets, lengths = self._index(i, fd)
             else:
-                offsets, lengths = [0], [os.fstat(fd).st_size]
+                size = os.fstat(fd).st_size
+                if size > self.max_encoded:
+                    raise CorruptArray(f"{self.file_key(i)}: {size} bytes, more than a chunk of "
+                                       f"{self.chunk_nbytes} bytes encodes to")
+                offsets, lengths = [0], [size]
             run: list[int] = []
             for k in range(k0, k1):
                 if offsets[k] == EMPTY:
@@ -357,9 +646,8 @@ class ArrayReader:
     # -- shard indexes ------------------------------------------------------
     def index(self, i: int) -> tuple[list[int], list[int]] | None:
         """(offsets, lengths) of shard i's chunks (``EMPTY`` where never written); None without a file."""
-        try:
-            fd = os.open(self.file_path(i), os.O_RDONLY)
-        except FileNotFoundError:
+        fd = self._open(i)
+        if fd is None:
             return None
         try:
             return self._index(i, fd)
@@ -386,10 +674,23 @@ class ArrayReader:
         if np.any(empty != (lengths == EMPTY)):
             raise CorruptArray(f"{self.file_key(i)}: chunk index has a half-empty entry")
         lo, hi = (0, size - self.index_nbytes) if self.index_at_end else (self.index_nbytes, size)
-        o, n = offsets[~empty], lengths[~empty]
+        ks = np.flatnonzero(~empty)
+        o, n = offsets[ks], lengths[ks]
         least = 4 if self.crc else 1
-        if np.any(o < lo) or np.any(n < least) or np.any(n > hi - lo) or np.any(o > hi - n):
-            raise CorruptArray(f"{self.file_key(i)}: chunk index points outside the file")
+        for bad, why in ((n > self.max_encoded, f"more than a chunk of {self.chunk_nbytes} bytes encodes to"),
+                         (n < least, "too short for a chunk"),
+                         ((o < lo) | (n > hi) | (o > hi - np.minimum(n, hi)), "outside the file's chunk bytes")):
+            if np.any(bad):
+                j = int(np.argmax(bad))
+                raise CorruptArray(f"{self.file_key(i)} chunk {int(ks[j])}: the index gives bytes "
+                                   f"{int(o[j])}-{int(o[j]) + int(n[j]) - 1} of a {size}-byte file, {why}")
+        order = np.argsort(o, kind="stable")
+        ends = (o + n)[order]
+        overlap = o[order][1:] < ends[:-1]
+        if np.any(overlap):
+            j = int(np.argmax(overlap))
+            first, second = sorted((int(ks[order[j]]), int(ks[order[j + 1]])))
+            raise CorruptArray(f"{self.file_key(i)}: chunks {first} and {second} share bytes in the chunk index")
         parsed = (offsets.tolist(), lengths.tolist())
         with self._lock:
             self._indexes[i] = parsed

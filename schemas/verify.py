@@ -50,6 +50,9 @@ def verify_store(manifest: Manifest, path: Path, read: Read, blocks: Blocks) -> 
             for s, rows in _stream(read, name, info, spans, width * dtype.itemsize):
                 hashers[s].update(rows)
             digests = [h.hexdigest((n, width)) for h, n in zip(hashers, counts)]
+            for seq, (got, want) in enumerate(zip(digests, info.blocks or ())):
+                if got != want:
+                    raise StoreCorruptError(f"{path}: array {name!r}, sequence {seq}: does not match its recorded digest")
             actual = rows_digest(dtype, width, digests)
         else:
             actual = hash_array(read(name, slice(None), None))

@@ -23,7 +23,7 @@ from zarr.storage import LocalStore
 
 from parity.errors import OutputNotWritableError, StoreCorruptError
 
-from .digest import BlockHashers, hash_array
+from .digest import BlockHashers, hash_array, rows_digest
 from .layout import (
     ATTR_KEY,
     CHUNK_ROWS,
@@ -37,7 +37,7 @@ from .layout import (
     store_name,
     vector_codecs,
 )
-from .manifest import ArrayInfo, Manifest
+from .manifest import BLOCK_DIGESTS_FROM, ArrayInfo, Manifest
 from .shards import _ShardFiles
 
 log = logging.getLogger("parity")
@@ -224,8 +224,8 @@ class _RowStream:
         starts[1:] = np.cumsum(counts)[:-1] if num_seqs else []
         return starts, counts
 
-    def digest(self, counts: list[int]) -> str:
-        return self.hashers.digest(counts, self.width)
+    def block_digests(self, counts: list[int]) -> list[str]:
+        return self.hashers.block_digests(counts, self.width)
 
     def _reorder(self, tags: np.ndarray) -> None:
         """Rewrites an interleaved packed array in sequence order, in bounded memory."""
@@ -341,7 +341,10 @@ class StoreWriter:
                     f"{name}: captured {counts} rows per sequence, expected {expected[kind].tolist()}",
                     hint="the engine did not report every position; rerun with PARITY_DEBUG=1",
                 )
-            arrays[name] = ArrayInfo(stream.dtype.str, tuple(stream.array.shape), stream.digest(counts))
+            blocks = stream.block_digests(counts)
+            arrays[name] = ArrayInfo(stream.dtype.str, tuple(stream.array.shape),
+                                     rows_digest(stream.dtype, stream.width, blocks),
+                                     tuple(blocks) if manifest.schema_version >= BLOCK_DIGESTS_FROM else None)
             if not name.endswith("_ids"):
                 starts_name = f"{name}_starts"
                 self._write_vector(starts_name, starts, "sequence")

@@ -20,7 +20,10 @@ from tests.support.stores import V, deterministic_manifest, deterministic_rows, 
 # Pinned: a change to canonical JSON, the digest domains, the array hashing or
 # the manifest layout changes this value. Such a change needs a new
 # schema_version and a line in SPEC.md, then a new pin.
-PINNED_DIGEST = "xxh3-128:abef8b8b11c8fee562a657634a48496a"
+PINNED_DIGEST = "xxh3-128:a109d734bec60233bce94dadfdacb998"
+# The same store written as schema 2 (row arrays without their sequence
+# blocks' digests): the pin parity wrote before version 3.
+PINNED_DIGEST_V2 = "xxh3-128:abef8b8b11c8fee562a657634a48496a"
 # The same store written as schema 1: the pin parity wrote before version 2
 # (only the tokenizer digest's definition changed, and schema_version is in
 # the manifest), so version-1 stores on disk and on the Hub keep verifying.
@@ -29,10 +32,33 @@ PINNED_DIGEST_V1 = "xxh3-128:cb1c5a115895fd745afc1c914cf58c62"
 
 def test_known_digest_is_pinned(tmp_path):
     path, manifest = write_deterministic(tmp_path)
-    assert SCHEMA_VERSION == 2
+    assert SCHEMA_VERSION == 3
     assert manifest.digest == PINNED_DIGEST
     assert path.name == parse_tagged(PINNED_DIGEST)[:24] + ".parity.zarr"
-    assert Store.open(path).manifest.schema_version == 2
+    store = Store.open(path)
+    assert store.manifest.schema_version == 3
+    # Row arrays list their sequence blocks' digests; 1-D arrays do not.
+    assert len(store.manifest.arrays["logprobs"].blocks) == len(store.manifest.sequences)
+    assert store.manifest.arrays["token_ids"].blocks is None
+
+
+def test_version_2_store_still_opens_and_verifies(tmp_path):
+    path, manifest = write_deterministic(tmp_path, schema_version=2)
+    assert manifest.digest == PINNED_DIGEST_V2  # what parity wrote under schema 2
+    store = Store.open(path)
+    assert store.manifest.arrays["logprobs"].blocks is None
+    assert store.verify().digest == PINNED_DIGEST_V2
+
+
+def test_a_damaged_block_is_named_by_its_sequence(tmp_path):
+    """With block digests, verify names the sequence whose rows do not match."""
+    path, _ = write_deterministic(tmp_path)
+    meta = json.loads((path / "zarr.json").read_text())
+    blocks = meta["attributes"][ATTR_KEY]["arrays"]["logprobs"]["blocks"]
+    blocks[1] = blocks[1][:-4] + "0000"
+    (path / "zarr.json").write_text(json.dumps(meta))
+    with pytest.raises(StoreCorruptError, match="array 'logprobs', sequence 1: does not match"):
+        Store.open(path).verify()
 
 
 def test_version_1_store_still_opens_and_verifies(tmp_path):
@@ -113,7 +139,7 @@ def test_missing_chunk_file_is_a_truncated_store(tmp_path):
 
 
 @pytest.mark.parametrize("version,error,message", [
-    (3, SchemaVersionError, "reads up to 2"),     # newer than this reader
+    (4, SchemaVersionError, "reads up to 3"),     # newer than this reader
     (0, NotAStoreError, "schema_version 0"),      # below the first version
 ])
 def test_schema_versions_this_reader_does_not_know_are_refused(tmp_path, version, error, message):
