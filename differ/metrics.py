@@ -250,6 +250,8 @@ def _full_fused(x: np.ndarray, y: np.ndarray, eps: float, top_ids: bool = False)
         "cand_top": ids_y[:, 0],
         "ref_conf": f[:, K.F_REFCONF],
         "approx": np.zeros(r, np.bool_),
+        # For ``flips`` (popped there): the reference row's sum over the compared entries.
+        REF_SUM: f[:, K.F_SX],
     }
     if top_ids:
         out["top_ids_ref"], out["top_ids_cand"] = ids_x, ids_y
@@ -416,6 +418,9 @@ class Side:
         return np.where(eq.any(axis=1), eq.argmax(axis=1) + 1, np.nan).astype(np.float64)
 
 
+REF_SUM = "_ref_sum"
+
+
 def flips(ref: Side, got: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """``flip_gap``, ``flip_rank`` and ``ref_logit`` of a block whose other
     metrics are ``got``: computed for the rows whose argmaxes disagree only
@@ -427,6 +432,7 @@ def flips(ref: Side, got: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     the scale of the rounding step a flip's gap is measured in (``differ.flips``).
     """
     n = len(got["top1"])
+    ref_sum = got.pop(REF_SUM, None)
     out = {"flip_gap": np.full(n, np.nan), "flip_rank": np.zeros(n, np.int64), "ref_logit": np.full(n, np.nan)}
     rows = np.flatnonzero(~got["top1"])
     if not len(rows):
@@ -434,12 +440,17 @@ def flips(ref: Side, got: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     cand_top = got["cand_top"][rows]
     ref_top = got["ref_top"][rows]
     if ref.full:
-        x = ref.values[rows].astype(np.float64)
-        top_v = np.take_along_axis(x, ref_top[:, None], axis=1)[:, 0]
+        x = ref.values[rows]  # a copy of the few disagreeing rows, float32: two passes over each
+        top_v = np.take_along_axis(x, ref_top[:, None], axis=1)[:, 0].astype(np.float64)
         cand_v = np.take_along_axis(x, cand_top[:, None], axis=1)[:, 0]
         rank = np.count_nonzero(x > cand_v[:, None], axis=1) + 1
-        finite = np.isfinite(x)
-        mean = np.where(finite, x, 0).sum(axis=1) / np.maximum(finite.sum(axis=1), 1)
+        cand_v = cand_v.astype(np.float64)
+        # The kernel's sum over the entries finite on both sides, when it gave one: no pass of our own.
+        mean = (ref_sum[rows] / np.maximum(got["finite"][rows], 1) if ref_sum is not None
+                else x.sum(axis=1, dtype=np.float64) / x.shape[1])
+        for r in np.flatnonzero(~np.isfinite(mean)):  # -inf (masked) or NaN entries: the finite ones only
+            fin = x[r][np.isfinite(x[r])]
+            mean[r] = fin.mean(dtype=np.float64) if len(fin) else np.nan
         out["ref_logit"][rows] = top_v - mean
     else:
         ids, vals = ref.listed(0)

@@ -86,15 +86,17 @@ _HINT = "the store is damaged or was edited: pull or record it again (`parity ve
 class Checks:
     """The row checks of a pass over several stores, fed in block order.
 
-    Blocks are read on a pool of workers; ``turn(i)`` lets the worker holding
-    block i feed its rows once blocks 0..i-1 have fed theirs (blocks start in
-    order, so the wait always ends).
+    Blocks are read on a pool of workers; each array's rows are fed in block
+    order (``feed_in_turn``): the worker holding block i feeds an array once
+    blocks 0..i-1 have fed it. Arrays take turns independently, so one
+    worker hashes the reference's block while another hashes a candidate's.
+    Blocks start in order, so every wait ends.
     """
 
     def __init__(self):
         self._checks: dict[tuple[int, str], RowCheck] = {}
         self._cond = threading.Condition()
-        self._fed = 0
+        self._turns: dict[int, int] = {}  # id(check) -> the block whose rows it takes next
 
     def of(self, store, name: str) -> RowCheck:
         key = (id(store), name)
@@ -103,18 +105,21 @@ class Checks:
         return self._checks[key]
 
     def reset_turns(self) -> None:
+        """Block numbers start again at 0 (a new pass over other rows)."""
         with self._cond:
-            self._fed = 0
+            self._turns = {}
 
     def feed_in_turn(self, i: int, feeds: list[tuple[RowCheck, int, np.ndarray]]) -> None:
-        with self._cond:
-            self._cond.wait_for(lambda: self._fed == i)
+        for check, start, rows in feeds:
+            key = id(check)
+            with self._cond:
+                self._cond.wait_for(lambda: self._turns.get(key, 0) == i)
             try:
-                for check, start, rows in feeds:
-                    check.feed(start, rows)
+                check.feed(start, rows)  # this array's turn is ours alone: no lock held while hashing
             finally:
-                self._fed = i + 1
-                self._cond.notify_all()
+                with self._cond:
+                    self._turns[key] = i + 1
+                    self._cond.notify_all()
 
     def finish(self) -> None:
         for check in self._checks.values():

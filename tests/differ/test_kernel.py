@@ -132,6 +132,8 @@ def test_fused_and_numpy_kernels_agree(fused, rng):
     x = log_softmax(logits).astype(np.float32)
     y = log_softmax(logits + rng.standard_normal(logits.shape) * 0.05).astype(np.float32)
     a, b = fused(x, y), metrics.full_block(x, y, EPS, "numpy")
+    # The fused kernel also hands ``flips`` the reference row's sum (the numpy path lets flips sum it).
+    np.testing.assert_allclose(a.pop(metrics.REF_SUM), x.astype(np.float64).sum(axis=1), rtol=1e-9)
     for k, v in a.items():
         if v.dtype.kind == "f":
             np.testing.assert_allclose(v, b[k], rtol=1e-5 if k == "kl" else 1e-9, err_msg=k)
