@@ -49,6 +49,31 @@ def _train_tokenizer(vocab_size: int):
     return tok
 
 
+def tokenizer_and_config(out_dir: Path, *, vocab_size: int, hidden_size: int, num_layers: int,
+                         max_position_embeddings: int = 1024):
+    """The tiny tokenizer, trained and saved into out_dir, and the LlamaConfig of a
+    tiny model over it (head_dim 64: vLLM's CPU attention rejects smaller heads)."""
+    from transformers import LlamaConfig, PreTrainedTokenizerFast
+
+    fast = PreTrainedTokenizerFast(tokenizer_object=_train_tokenizer(vocab_size), bos_token="<s>", eos_token="</s>")
+    fast.save_pretrained(out_dir)
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        intermediate_size=hidden_size * 2,
+        num_hidden_layers=num_layers,
+        num_attention_heads=hidden_size // 64,
+        num_key_value_heads=hidden_size // 64,
+        head_dim=64,
+        max_position_embeddings=max_position_embeddings,
+        bos_token_id=fast.bos_token_id,
+        eos_token_id=fast.eos_token_id,
+        tie_word_embeddings=False,
+        torch_dtype="float32",
+    )
+    return fast, config
+
+
 def build_tiny_model(
     out_dir: Path | str,
     *,
@@ -67,28 +92,13 @@ def build_tiny_model(
     if (out_dir / "config.json").exists():
         return out_dir
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import LlamaForCausalLM
 
     tmp = out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
     tmp.mkdir(parents=True, exist_ok=True)
     try:
-        tok = _train_tokenizer(vocab_size)
-        fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>")
-        fast.save_pretrained(tmp)
-        config = LlamaConfig(
-            vocab_size=vocab_size,
-            hidden_size=hidden_size,
-            intermediate_size=hidden_size * 2,
-            num_hidden_layers=num_layers,
-            num_attention_heads=hidden_size // 64,
-            num_key_value_heads=hidden_size // 64,
-            head_dim=64,
-            max_position_embeddings=1024,
-            bos_token_id=fast.bos_token_id,
-            eos_token_id=fast.eos_token_id,
-            tie_word_embeddings=False,
-            torch_dtype="float32",
-        )
+        fast, config = tokenizer_and_config(tmp, vocab_size=vocab_size, hidden_size=hidden_size,
+                                            num_layers=num_layers)
         torch.manual_seed(seed)
         model = LlamaForCausalLM(config)
         with torch.no_grad():

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.cli_run import assert_one_line_error
+
 ROOT = Path(__file__).resolve().parents[2]
 REQUIRED_KEYS = {"device", "available", "env", "engine_args", "request_key", "positions", "estimated_bytes", "problems"}
 PROMPTS = ("--prompts", "Hello, my name is", "--prompts", "Once upon a time")
@@ -37,15 +39,6 @@ def dry_run(*args: str, env: dict | None = None) -> dict:
     proc = parity("record", "--dry-run", *args, env=env)
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)  # one JSON object and nothing else on stdout
-
-
-def assert_one_line_error(proc: subprocess.CompletedProcess, *fragments: str) -> None:
-    assert proc.returncode == 2, (proc.returncode, proc.stderr)
-    assert proc.stdout == "" and "Traceback" not in proc.stderr
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1, proc.stderr
-    for fragment in fragments:
-        assert fragment in errors[0], errors[0]
 
 
 def vocab_size(model_dir: Path) -> int:

@@ -15,22 +15,13 @@ from parity.recorder.plan import RecordConfig, plan_recording
 from parity.recorder.presets import DEFAULT_PROMPTS
 from parity.recorder.suites import FIT_MAX_MODEL_LEN, FORMAT, fit_ids, load_suite, suite_names
 from parity.schemas import Store
-from tests.support.cli_run import parity
+from tests.support.cli_run import assert_one_line_error, parity
 
 # The legacy tool's prompts, as it shipped them: the seed suite must stay exactly these.
 LEGACY_PROMPTS = ("Hello, my name is", "The capital of France is", "Once upon a time", "In the beginning",
                   "The quick brown fox", "def add(a, b):", "Large language models predict", "Numbers: 1 2 3")
 MAX_MODEL_LEN = 256
 MAX_TOKENS = 4
-
-
-def assert_one_line_error(proc, *fragments: str) -> None:
-    assert proc.returncode == 2, (proc.returncode, proc.stderr)
-    assert proc.stdout == "" and "Traceback" not in proc.stderr
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1, proc.stderr
-    for fragment in fragments:
-        assert fragment in errors[0], errors[0]
 
 
 def _plan(tiny_model, **kw):

@@ -138,9 +138,9 @@ def trained_tiny_model(
     if (out_dir / "config.json").exists():
         return out_dir
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import LlamaForCausalLM
 
-    from parity.recorder.tinymodel import _train_tokenizer
+    from parity.recorder.tinymodel import tokenizer_and_config
 
     if hidden_size % 64:
         raise ValueError("hidden_size must be a multiple of 64 (head_dim 64)")
@@ -153,23 +153,8 @@ def trained_tiny_model(
     try:
         if threads:
             torch.set_num_threads(threads)
-        fast = PreTrainedTokenizerFast(tokenizer_object=_train_tokenizer(vocab_size), bos_token="<s>",
-                                       eos_token="</s>")
-        fast.save_pretrained(tmp)
-        config = LlamaConfig(
-            vocab_size=vocab_size,
-            hidden_size=hidden_size,
-            intermediate_size=hidden_size * 2,
-            num_hidden_layers=num_layers,
-            num_attention_heads=hidden_size // 64,
-            num_key_value_heads=hidden_size // 64,
-            head_dim=64,
-            max_position_embeddings=max_position_embeddings,
-            bos_token_id=fast.bos_token_id,
-            eos_token_id=fast.eos_token_id,
-            tie_word_embeddings=False,
-            torch_dtype="float32",
-        )
+        fast, config = tokenizer_and_config(tmp, vocab_size=vocab_size, hidden_size=hidden_size,
+                                            num_layers=num_layers, max_position_embeddings=max_position_embeddings)
         torch.manual_seed(seed)
         model = LlamaForCausalLM(config)
         ids = torch.tensor(fast(training_text(seed))["input_ids"], dtype=torch.long)
