@@ -172,6 +172,14 @@ def compare_group(ref: Store, cands: Sequence[Store], kind: str, pairs: Sequence
         return out
 
     def block(i: int, a: int, b: int):
+        try:
+            return _block(i, a, b)
+        except BaseException:
+            if checks is not None:  # the blocks after this one must not wait for its turn
+                checks.abort()
+            raise
+
+    def _block(i: int, a: int, b: int):
         """Metrics (and detail entries) of pairs [a, b) for every candidate, on a worker."""
         x, xi, sides = _read_group(ref, cands, kind, pairs, a, b, buffers)
         ref_entries, results = None, []

@@ -97,6 +97,7 @@ class Checks:
         self._checks: dict[tuple[int, str], RowCheck] = {}
         self._cond = threading.Condition()
         self._turns: dict[int, int] = {}  # id(check) -> the block whose rows it takes next
+        self._aborted = False
 
     def of(self, store, name: str) -> RowCheck:
         key = (id(store), name)
@@ -108,14 +109,26 @@ class Checks:
         """Block numbers start again at 0 (a new pass over other rows)."""
         with self._cond:
             self._turns = {}
+            self._aborted = False
+
+    def abort(self) -> None:
+        """A block failed: its turns will never come, so no worker may wait for them."""
+        with self._cond:
+            self._aborted = True
+            self._cond.notify_all()
 
     def feed_in_turn(self, i: int, feeds: list[tuple[RowCheck, int, np.ndarray]]) -> None:
-        for check, start, rows in feeds:
-            key = id(check)
+        by_check: dict[int, list] = {}
+        for feed in feeds:  # the same array twice in a block (one store passed twice): one turn
+            by_check.setdefault(id(feed[0]), []).append(feed)
+        for key, mine in by_check.items():
             with self._cond:
-                self._cond.wait_for(lambda: self._turns.get(key, 0) == i)
+                self._cond.wait_for(lambda: self._aborted or self._turns.get(key, 0) == i)
+                if self._aborted:
+                    return
             try:
-                check.feed(start, rows)  # this array's turn is ours alone: no lock held while hashing
+                for check, start, rows in mine:  # this array's turn is ours alone: no lock held while hashing
+                    check.feed(start, rows)
             finally:
                 with self._cond:
                     self._turns[key] = i + 1

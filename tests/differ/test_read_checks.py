@@ -86,3 +86,36 @@ def test_a_manifest_edited_after_the_fact_is_refused(lying_pair):
         differ.diff(good, good)
     proc = parity("show", str(good))
     assert proc.returncode == 2 and "does not match its content digest" in proc.stderr
+
+
+def test_a_block_that_fails_mid_stream_stops_the_pass_without_hanging(lying_pair, monkeypatch):
+    """A read error in one block: the workers waiting for its turn to hash are released."""
+    from parity.differ import stream
+    from parity.errors import StoreCorruptError as Corrupt
+
+    good, _, other = lying_pair
+    real = stream._read_group
+    calls = {"n": 0}
+
+    def failing(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise Corrupt("injected: the first block cannot be read")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(stream, "BLOCK_BYTES", 4 * V * 16)  # many small blocks: others wait on the first
+    monkeypatch.setattr(stream, "_read_group", failing)
+    with pytest.raises(Corrupt, match="injected"):
+        differ.diff(good, other)
+
+
+def test_the_same_store_twice_is_checked_once_per_block(lying_pair):
+    from parity.schemas import Store
+
+    good, lying, _ = lying_pair
+    s = Store.open(good)
+    reports = differ.compare(s, [s, s])
+    assert [r.summary["positions"] for r in reports] == [sum(ROWS)] * 2
+    bad = Store.open(lying)
+    with pytest.raises(StoreCorruptError, match="sequence 1"):
+        differ.compare(s, [bad, bad])
