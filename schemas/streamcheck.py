@@ -100,10 +100,12 @@ class Checks:
         self._aborted = False
 
     def of(self, store, name: str) -> RowCheck:
+        """The one check of a store's array (workers ask for it concurrently: made under the lock)."""
         key = (id(store), name)
-        if key not in self._checks:
-            self._checks[key] = RowCheck(store, name)
-        return self._checks[key]
+        with self._cond:
+            if key not in self._checks:
+                self._checks[key] = RowCheck(store, name)
+            return self._checks[key]
 
     def reset_turns(self) -> None:
         """Block numbers start again at 0 (a new pass over other rows)."""
