@@ -119,3 +119,28 @@ def test_the_same_store_twice_is_checked_once_per_block(lying_pair):
     bad = Store.open(lying)
     with pytest.raises(StoreCorruptError, match="sequence 1"):
         differ.compare(s, [bad, bad])
+
+
+def test_workers_asking_for_an_array_check_at_once_get_the_same_one(lying_pair, monkeypatch):
+    """Two workers making an array's check at the same moment must share it: separate
+    checks would take separate turns and the workers would wait for each other forever."""
+    import threading
+    import time
+
+    from parity.schemas import Store, streamcheck
+
+    class Slow(streamcheck.RowCheck):
+        def __init__(self, *args):
+            time.sleep(0.05)  # both workers inside the constructor at once
+            super().__init__(*args)
+
+    monkeypatch.setattr(streamcheck, "RowCheck", Slow)
+    checks = streamcheck.Checks()
+    store = Store.open(lying_pair[0])
+    got = []
+    workers = [threading.Thread(target=lambda: got.append(checks.of(store, "logprobs"))) for _ in range(2)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    assert len(got) == 2 and got[0] is got[1]
