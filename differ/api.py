@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import numbers
@@ -22,7 +21,7 @@ from parity.settings import settings
 
 from . import assemble, floor, metrics
 from .assemble import Decode
-from .flips import TIE_STEPS, classify
+from .flips import TIE_STEPS
 from .floor import FloorRule
 from .plan import Plan, build_plan, check_compatible
 from .report import Report
@@ -247,12 +246,10 @@ def _summarise(reference, candidates: list, labels: list[str | None], details: l
                  "forced trajectory" if plan.forced else "free-running", kernel)
     positions = stream(ref, cands, plans, eps=eps, kernel=kernel, details=details, progress=progress)
     summaries = [
-        assemble.summarise(ref, cand, plan, warnings, pos, eps=eps, top_n_rule=top_n_rule, worst=worst, decode=decode)
+        assemble.summarise(ref, cand, plan, warnings, pos, eps=eps, top_n_rule=top_n_rule, worst=worst, decode=decode,
+                           tie_steps=tie_steps)
         for cand, (warnings, plan), pos in zip(cands, checked, positions)
     ]
-    summaries = [dataclasses.replace(s, flips={kind: classify(s.positions[kind], s.candidate["dtype"], tie_steps)
-                                               for kind in s.positions if len(s.positions[kind]["kl"])})
-                 for s in summaries]
     texts = assemble.TokenTexts(decode)
     return summaries, [texts.of(s.positions) if want and decode is not None else {}
                        for s, want in zip(summaries, details)]

@@ -12,6 +12,7 @@ import numpy as np
 from parity.schemas import GENERATED, PROMPT, Store
 
 from . import metrics
+from .flips import TIE_STEPS, classify
 from .plan import KINDS, Plan
 from .report import Report
 from .summary import Summaries, kl_by_confidence, kl_by_position, sequence_summary, summarize
@@ -25,7 +26,8 @@ Decode = Callable[[int], str]
 
 
 def summarise(ref: Store, cand: Store, plan: Plan, warnings: list[str], positions: dict[str, dict[str, np.ndarray]],
-              *, eps: float, top_n_rule: int, worst: int, decode: Decode | None) -> Summaries:
+              *, eps: float, top_n_rule: int, worst: int, decode: Decode | None,
+              tie_steps: float = TIE_STEPS) -> Summaries:
     """One candidate's summaries from its streamed ``positions`` (which gain
     the pairs' ``seq``, ``pos`` and ``token``)."""
     gen, pr = positions[GENERATED], positions[PROMPT]
@@ -53,6 +55,8 @@ def summarise(ref: Store, cand: Store, plan: Plan, warnings: list[str], position
         kl_by_position={GENERATED: kl_by_position(gen), PROMPT: kl_by_position(pr) if prompt is not None else None},
         eps=eps,
         top_n_rule=top_n_rule,
+        flips={kind: classify(positions[kind], cand.manifest.request.dtype, tie_steps)
+               for kind in KINDS if len(positions[kind]["kl"])},
         positions=positions,
     )
 

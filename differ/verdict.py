@@ -61,8 +61,7 @@ def _garbage_failures(summaries: Summaries) -> list[str]:
     out = []
     for kind, f in summaries.flips.items():
         if f.get("garbage"):
-            first = next(x for x in f["listed"] if x["class"] == "garbage") if any(
-                x["class"] == "garbage" for x in f["listed"]) else None
+            first = next((x for x in f["listed"] if x["class"] == "garbage"), None)
             where = (f": first listed at sequence {first['sequence']} position {first['position']} (rank "
                      f"{first['rank_in_reference']} in the reference)") if first else ""
             out.append(f"{kind}: {f['garbage']} forced positions where the candidate's top token is outside the "
