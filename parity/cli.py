@@ -66,6 +66,9 @@ RblnPath = Annotated[str, typer.Option("--rbln-path", help="rbln model path: aut
 RblnHostLogits = Annotated[bool, typer.Option("--rbln-host-logits", help="rbln: keep logits on the host (VLLM_RBLN_USE_DEVICE_TENSOR=0).")]
 RblnFreshCompile = Annotated[bool, typer.Option("--rbln-fresh-compile", help="rbln: compile again instead of using the compile cache (VLLM_DISABLE_COMPILE_CACHE=1).")]
 ReuseFlag = Annotated[bool, typer.Option("--reuse/--no-reuse", help="Take a depth's store from --out when that exact recording is there (resumes).")]
+ShardOpt = Annotated[Optional[str], typer.Option("--shard", help="Record only share I of N of the sequences (e.g. 2/4) into a partial store; `parity merge` makes the shares one store.")]
+ReplicasOpt = Annotated[int, typer.Option("--replicas", help="Run N engines, each on a share of the sequences and its own CPUs (or on a Ray cluster with --ray-address), then merge them into one store.")]
+RayAddressOpt = Annotated[Optional[str], typer.Option("--ray-address", help="With --replicas: run the replicas as tasks on this Ray cluster (e.g. 10.0.0.1:6379).")]
 SuiteOpt = Annotated[Optional[str], typer.Option("--suite", help="A shipped prompt suite: default (short prompts and long documents cut to --max-model-len minus --max-tokens tokens; used when no prompts are given) | seed | short | long.")]
 
 
@@ -112,6 +115,9 @@ def record(
     rbln_fresh_compile: RblnFreshCompile = False,
     out: OutDir = None,
     repo: RepoOpt = None,
+    shard: ShardOpt = None,
+    replicas: ReplicasOpt = 1,
+    ray_address: RayAddressOpt = None,
     floor: Annotated[Optional[str], typer.Option("--floor", help="Also record the golden's noise floor on its trajectory and keep it with the golden: bf16 (default numerics to accept) | fp16 | hf-bf16.")] = None,
     diff: Annotated[bool, typer.Option("--diff", help="Diff against the golden at the end and print the report.")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate and print the resolved plan as JSON; start no engine, record nothing.")] = False,
@@ -134,8 +140,9 @@ def record(
             block_size=block_size, num_hidden_layers=num_hidden_layers, trust_remote_code=trust_remote_code,
             rbln_path=rbln_path, rbln_host_logits=rbln_host_logits, rbln_fresh_compile=rbln_fresh_compile,
         ),
-        check_device=not dry_run,
+        check_device=not dry_run, shard=_parse_shard(shard),
     )
+    _check_split(cfg, replicas, ray_address, floor=floor, depths=depths, diff=diff)
     kind = _floor_kind(cfg, floor, golden)
     keyed = None  # the plan a golden was looked up by, completed by the recording rather than redone
     if golden:
@@ -157,21 +164,53 @@ def record(
         sink.data({**resolved, "floor": kind.name} if kind else resolved)
         return
     with stdout_to_stderr():
-        result = run_record(cfg, progress=lambda p: sink.bar(
-            p.positions, p.total, f"{p.positions / max(p.elapsed, 1e-9):.0f} pos/s {human_bytes(p.bytes_written)}"),
-            keyed=keyed)
+        if replicas > 1:
+            from parity.recorder.replicas import record_replicas
+
+            result = record_replicas(cfg, replicas, ray_address=ray_address, progress=_recording_bar(sink),
+                                     on_share=lambda line: (sink.finish(), sink.note(line)))
+        else:
+            result = run_record(cfg, progress=_recording_bar(sink), keyed=keyed)
     sink.finish()
     m = result.manifest
+    share = f"share {m.share} ({len(m.sequences)} of {len(m.request.prompts)} sequences): " if m.share else ""
     sink.note(
-        f"recorded {m.generated_positions} generated + {m.prompt_positions} prompt positions "
+        f"recorded {share}{m.generated_positions} generated + {m.prompt_positions} prompt positions "
         f"({len(m.sequences)} sequences, vocab {m.vocab_size}) at "
-        f"{result.timings.get('generated_tokens_per_s')} tok/s; digest {m.digest}"
+        f"{result.timings.get('generated_tokens_per_s')} tok/s"
+        f"{f' with {replicas} replicas' if replicas > 1 else ''}; digest {m.digest}"
     )
     if kind is not None:
         _record_floor(cfg, result.path, kind, sink)
     if diff and cfg.golden is not None:
         _print_diff(cfg.golden, result.path, sink, color=not no_color)
     sink.result(str(result.path))
+
+
+def _parse_shard(text: str | None):
+    if text is None:
+        return None
+    from parity.schemas.manifest import Share
+
+    index, sep, count = text.partition("/")
+    if not sep or not index.strip().isdigit() or not count.strip().isdigit() or int(count) < 1:
+        raise UsageError(f"--shard {text!r}: give I/N, share I of N (e.g. 1/4)")
+    return Share(int(index), int(count))
+
+
+def _check_split(cfg, replicas: int, ray_address: str | None, *, floor, depths, diff) -> None:
+    """The options that do not combine with recording in shares or replicas."""
+    if cfg.shard is not None and (floor or depths is not None or diff):
+        raise UsageError("--shard records a partial store: it does not combine with --floor, --depths or --diff",
+                         hint="merge the shares with `parity merge`, then use the merged store")
+    if ray_address is not None and replicas < 2:
+        raise UsageError("--ray-address runs replicas on a Ray cluster: give --replicas N (N >= 2) too")
+    if replicas > 1 and depths is not None:
+        raise UsageError("--replicas does not combine with --depths: record each depth with --replicas")
+    if replicas > 1:
+        from parity.recorder.replicas import check_replica_options
+
+        check_replica_options(cfg, replicas, ray_address)
 
 
 def _floor_kind(cfg, name: str | None, golden: str | None):
@@ -412,7 +451,7 @@ def show(store: StoreArg, json_out: JsonFlag = False, repo: RepoOpt = None) -> N
     from parity.schemas import Store
     from parity.schemas.streamcheck import check_opened
 
-    s = Store.open(_resolve_any(store, repo), fast_read=settings().fast_read)
+    s = Store.open(_resolve_any(store, repo), fast_read=settings().fast_read, partial=True)
     check_opened(s)  # what is shown is what the content digest names
     m = s.manifest
     sink = Output(json_mode=json_out)
@@ -432,6 +471,9 @@ def show(store: StoreArg, json_out: JsonFlag = False, repo: RepoOpt = None) -> N
         f"run          {m.created_at}  capture={m.run.get('capture')}  forced={m.run.get('forced')}  golden={m.run.get('golden')}",
         f"timings      {m.run.get('timings')}",
     ]
+    if m.share is not None:
+        lines.insert(1, f"share        {m.share} of a sharded recording: {len(m.sequences)} of "
+                        f"{len(m.request.prompts)} sequences (not a complete store: `parity merge` the shares)")
     if m.nan_rows:
         lines.append(f"WARNING      {m.nan_rows} rows contain NaN")
     for seq in m.sequences[:20]:
@@ -450,7 +492,7 @@ def verify(store: StoreArg, repo: RepoOpt = None) -> None:
 
     sink = Output()
     # Opening checks the structure (exit 2 when it is not a complete store); verify the content (exit 1).
-    s = Store.open(_resolve_any(store, repo), fast_read=settings().fast_read)
+    s = Store.open(_resolve_any(store, repo), fast_read=settings().fast_read, partial=True)
     try:
         m = s.verify()
         floor = open_floor(s, fast_read=settings().fast_read)
@@ -460,7 +502,26 @@ def verify(store: StoreArg, repo: RepoOpt = None) -> None:
         sink.error(e.one_line())
         raise typer.Exit(1)
     floor = f"; noise floor {m.floor.digest} ({m.floor.kind}) ok" if m.floor is not None else ""
-    sink.result(f"ok {m.digest} (request key {m.request_key}){floor}")
+    share = f"; share {m.share} of a sharded recording" if m.share is not None else ""
+    sink.result(f"ok {m.digest} (request key {m.request_key}){floor}{share}")
+
+
+@app.command()
+def merge(
+    shares: Annotated[list[str], typer.Argument(help="The shares (`record --shard I/N` stores), or directories holding them.")],
+    out: Annotated[Optional[Path], typer.Option("--out", help="Directory in which the merged store is created (default: the first share's).")] = None,
+) -> None:
+    """Merge the shares of a sharded recording into one store (checked: one request, every sequence once)."""
+    from parity.schemas.merge import merge_shares
+
+    sink = Output(progress=not settings().no_progress)
+    result = merge_shares(shares, out, fast_read=settings().fast_read, direct_io=settings().direct_io,
+                          progress=lambda done, total: sink.bar(done, total, "rows"))
+    sink.finish()
+    m = result.manifest
+    sink.note(f"merged {len(result.shares)} shares: {len(m.sequences)} sequences, {m.generated_positions} generated + "
+              f"{m.prompt_positions} prompt positions; digest {m.digest}")
+    sink.result(str(result.path))
 
 
 # hub -------------------------------------------------------------------------

@@ -44,6 +44,12 @@ class StoreCorruptError(ParityError, ValueError):
     hint = "the store is damaged: re-record it or pull it again"
 
 
+class PartialStoreError(ParityError, ValueError):
+    """A share of a sharded recording where a complete store is needed."""
+
+    hint = "merge the shares into one store first: `parity merge SHARE... --out DIR`"
+
+
 class IncompatibleStoresError(ParityError, ValueError):
     hint = "compare stores recorded from the same tokenizer and prompts (use `record --golden`)"
 

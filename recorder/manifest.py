@@ -24,18 +24,19 @@ def sequences(plan: Plan, results: list[tuple[list[int], str | None]],
     """
     prompt_ids, prompt_texts, trajectories = plan.prompt_ids, plan.prompt_texts, plan.trajectories
     token_lists, seq_infos = [], []
+    indices = plan.sequence_indices
     for i, (gen_ids, finish_reason) in enumerate(results):
         token_lists.append(list(prompt_ids[i]) + gen_ids)
         text = plan.tokenizer.decode(gen_ids, skip_special_tokens=False) if gen_ids else ""
         seq_infos.append(SequenceInfo(
-            index=i, prompt_len=len(prompt_ids[i]), generated_len=len(gen_ids),
+            index=indices[i], prompt_len=len(prompt_ids[i]), generated_len=len(gen_ids),
             finish_reason=finish_reason, nan_rows=stats.nan_rows[i], inf_rows=stats.inf_rows[i],
             text=(prompt_texts[i] or "") + text,
         ))
     if trajectories:
         for i, (traj, toks) in enumerate(zip(trajectories, token_lists)):
             if toks[len(prompt_ids[i]):] != traj[: len(toks) - len(prompt_ids[i])]:
-                raise EngineError(f"sequence {i} did not follow the golden trajectory")
+                raise EngineError(f"sequence {indices[i]} did not follow the golden trajectory")
     return token_lists, seq_infos
 
 
@@ -75,6 +76,7 @@ def build_manifest(plan: Plan, engine: Engine, rows, *, vocab_size: int, seq_inf
         created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         tool_version=parity.__version__,
         run=run,
+        share=plan.share,
     )
 
 

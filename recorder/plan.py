@@ -15,6 +15,7 @@ from pathlib import Path
 
 from parity.errors import GoldenMismatchError, OutputNotWritableError, PromptError, UsageError
 from parity.schemas import ModelRef, Request, Store
+from parity.schemas.manifest import Share
 from parity.schemas.streamcheck import check_opened
 from parity.settings import settings
 
@@ -53,6 +54,7 @@ class RecordConfig:
     # reported by the caller instead of refused. Kept on the config so that
     # the golden lookup's request-key plan (workflows/against_golden.py) inherits it.
     check_device: bool = True
+    shard: Share | None = None  # --shard I/N: record only the I-th of N shares of the request's sequences
 
 
 @dataclass
@@ -69,17 +71,24 @@ class Plan:
     out: Path
     depth: Depth | None = None  # --num-hidden-layers, checked against the model (None: the full model)
     suite: str | None = None  # the prompt suite the prompts come from (None: given prompts, or the golden's)
+    share: Share | None = None  # --shard: this run records only these sequences of the request
+    members: tuple[int, ...] | None = None  # with ``share``: their indices in the request, increasing
+
+    @property
+    def sequence_indices(self) -> list[int]:
+        """The request's sequences this run records, in the order the engine gets them."""
+        return list(self.members) if self.members is not None else list(range(len(self.request.prompts)))
 
     @property
     def prompt_ids(self) -> list[list[int]]:
-        return [list(p) for p in self.request.prompts]
+        return [list(self.request.prompts[i]) for i in self.sequence_indices]
 
     @property
     def lengths(self) -> list[int]:
-        """Most tokens each sequence will generate: the golden's when forced."""
+        """Most tokens each recorded sequence will generate: the golden's when forced."""
         if self.trajectories:
             return [len(t) for t in self.trajectories]
-        return [self.request.max_tokens] * len(self.request.prompts)
+        return [self.request.max_tokens] * len(self.sequence_indices)
 
     @property
     def topn(self) -> int | None:
@@ -154,8 +163,35 @@ def plan_recording(cfg: RecordConfig, *, check_out: bool = True, fetch_weights: 
         num_hidden_layers=depth.requested if depth is not None and depth.truncated else None,
     )
     profile.validate(cfg.engine, request)
+    members = None
+    if cfg.shard is not None:
+        costs = [len(p) + (len(trajectories[i]) if trajectories else max_tokens) for i, p in enumerate(prompt_ids)]
+        members = tuple(share_members(costs, cfg.shard))
+        prompt_texts = [prompt_texts[i] for i in members]
+        trajectories = [trajectories[i] for i in members] if trajectories else trajectories
     return Plan(profile, inputs.model, inputs.tokenizer, request, prompt_texts, trajectories, golden_store, out,
-                depth, suite)
+                depth, suite, cfg.shard, members)
+
+
+def share_members(costs: list[int], share: Share) -> list[int]:
+    """The sequences of share ``share`` (SPEC.md, "Shares"): greedy balancing of their positions.
+
+    Sequences are taken from the costliest (prompt plus generated tokens; the
+    lower index first among equals), each going to the share with the least
+    so far (the lowest-numbered among equals). Every share of a request is
+    therefore non-empty when there are at least as many sequences as shares,
+    and the split depends on the request alone.
+    """
+    if share.count > len(costs):
+        raise UsageError(f"--shard {share}: the request has {len(costs)} sequence{'s' if len(costs) != 1 else ''}, "
+                         f"fewer than {share.count} shares", hint=f"use at most {len(costs)} shares")
+    loads = [0] * share.count
+    members: list[list[int]] = [[] for _ in range(share.count)]
+    for i in sorted(range(len(costs)), key=lambda i: (-costs[i], i)):
+        target = min(range(share.count), key=lambda j: (loads[j], j))
+        loads[target] += costs[i]
+        members[target].append(i)
+    return sorted(members[share.index - 1])
 
 
 def _check_options(cfg: RecordConfig) -> None:
@@ -168,6 +204,9 @@ def _check_options(cfg: RecordConfig) -> None:
         # vLLM's offline LLM() raises for data_parallel_size > 1 (vllm/entrypoints/llm.py:282-294 in 0.32).
         raise UsageError(f"--dp {cfg.engine.dp}: vLLM's offline LLM() refuses data_parallel_size > 1",
                          hint="run one recording per replica, each with --dp 1")
+    if cfg.shard is not None and not 1 <= cfg.shard.index <= cfg.shard.count:
+        raise UsageError(f"--shard {cfg.shard}: shares are numbered 1 to {cfg.shard.count}",
+                         hint=f"record --shard 1/{cfg.shard.count} up to --shard {cfg.shard.count}/{cfg.shard.count}")
     if cfg.engine.block_size is not None and cfg.engine.block_size < 1:
         raise UsageError("--block-size must be at least 1")
     if cfg.device != "rbln" and (cfg.engine.rbln_path != "auto" or cfg.engine.rbln_host_logits

@@ -54,6 +54,33 @@ def request_key(key_fields: dict) -> str:
     return digest_bytes(canonical_json(key_fields), b"parity.request/1\n")
 
 
+# Schema 4 on (SPEC.md, "Content addressing"): the manifest keys that say when,
+# where, how fast and in what layout a store was written, not what it holds.
+# They stay in the manifest; the content digest leaves them out, so the same
+# values recorded again, on other hosts or in shares then merged, have one address.
+CIRCUMSTANCES = {"": ("digest", "floor", "created_at"), "device": ("host", "env"), "run": ("timings", "shares")}
+LAYOUT_ARRAYS = ("logprobs_starts", "prompt_logprobs_starts")
+
+
+def content_view(manifest: dict) -> dict:
+    """What a schema-4 content digest covers: the manifest without its circumstances and layout.
+
+    Row arrays keep their digest (dtype, width and every sequence block's
+    rows) but not their row count, which counts padding; the arrays of block
+    starts are layout too.
+    """
+    view = {k: v for k, v in manifest.items() if k not in CIRCUMSTANCES[""]}
+    for section in ("device", "run"):
+        if isinstance(view.get(section), dict):
+            view[section] = {k: v for k, v in view[section].items() if k not in CIRCUMSTANCES[section]}
+    if isinstance(view.get("arrays"), dict):
+        view["arrays"] = {
+            name: ({k: v for k, v in info.items() if k != "shape"}
+                   if isinstance(info, dict) and len(info.get("shape") or ()) == 2 else info)
+            for name, info in view["arrays"].items() if name not in LAYOUT_ARRAYS}
+    return view
+
+
 def content_digest(manifest_without_digest: dict) -> str:
     return digest_bytes(canonical_json(manifest_without_digest), b"parity.content/1\n")
 

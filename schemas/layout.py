@@ -12,6 +12,7 @@ from .digest import parse_tagged
 
 ATTR_KEY = "parity"
 STORE_SUFFIX = ".parity.zarr"
+SHARE_SUFFIX = ".parity-share.zarr"  # a partial store: one share of a sharded recording
 TMP_PREFIX = ".parity-tmp-"
 NAME_HEX_CHARS = 24
 CHUNK_ROWS = 16
@@ -35,8 +36,12 @@ def kind_of(name: str) -> str:
     return PROMPT if name.startswith(row_array_names(PROMPT)[0]) else GENERATED
 
 
-def store_name(digest: str) -> str:
-    return parse_tagged(digest)[:NAME_HEX_CHARS] + STORE_SUFFIX
+def store_name(digest: str, share=None) -> str:
+    """A committed store's directory name; a share's names its index: ``<hex>.share-1-of-2.parity-share.zarr``."""
+    hexpart = parse_tagged(digest)[:NAME_HEX_CHARS]
+    if share is None:
+        return hexpart + STORE_SUFFIX
+    return f"{hexpart}.share-{share.index}-of-{share.count}{SHARE_SUFFIX}"
 
 
 # Row arrays: LZ4 after byte shuffle. The shuffle groups the float32 exponent

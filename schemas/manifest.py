@@ -11,12 +11,13 @@ from typing import Any
 
 from parity.errors import NotAStoreError, SchemaVersionError, StoreCorruptError
 
-from .digest import parse_tagged, request_key
+from .digest import content_view, parse_tagged, request_key
 from .layout import ROW_KINDS, row_array_names
 
 FORMAT = "parity.store"
-SCHEMA_VERSION = 3  # what writers write
+SCHEMA_VERSION = 4  # what writers write
 BLOCK_DIGESTS_FROM = 3  # row arrays list their sequence blocks' digests from this version on
+CONTENT_VIEW_FROM = 4  # the content digest covers the content view (digest.content_view) from this version on
 OLDEST_SCHEMA_VERSION = 1  # readers open every version from this one up (SPEC.md, "Versioning")
 
 
@@ -300,6 +301,33 @@ class FloorLink:
 
 
 @dataclass(frozen=True)
+class Share:
+    """Which share of a sharded recording a partial store holds (SPEC.md, "Shares").
+
+    ``index`` counts from 1 to ``count``; the sequences it holds are the
+    manifest's, named by their ``index`` in the full request.
+    """
+
+    index: int
+    count: int
+
+    @classmethod
+    def parse(cls, d: Any) -> "Share":
+        if not _is_dict(d):
+            _bad("share", "an object")
+        count = _field(d, "count", "share", lambda v: _is_positive(v) and v < MAX_COUNT, "a positive integer")
+        index = _field(d, "index", "share", lambda v: _is_positive(v) and v <= count,
+                       f"an integer from 1 to share.count ({count})")
+        return cls(index=index, count=count)
+
+    def to_dict(self) -> dict:
+        return {"index": self.index, "count": self.count}
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
+
+
+@dataclass(frozen=True)
 class Manifest:
     request: Request
     device: Device
@@ -314,6 +342,11 @@ class Manifest:
     request_key: str = ""
     digest: str = ""
     floor: FloorLink | None = None  # not covered by ``digest`` (see FloorLink)
+    share: Share | None = None  # set on a partial store: one share of a sharded recording
+
+    @property
+    def partial(self) -> bool:
+        return self.share is not None
 
     def row_counts(self, kind: str) -> list[int]:
         """Rows each sequence owns in a row array: "generated" or "prompt" (SPEC.md, "Arrays")."""
@@ -349,6 +382,8 @@ class Manifest:
             "created_at": self.created_at,
             "tool_version": self.tool_version,
         }
+        if self.share is not None:
+            d["share"] = self.share.to_dict()
         if with_digest:
             d["digest"] = self.digest
             if self.floor is not None:
@@ -356,12 +391,16 @@ class Manifest:
         return d
 
     def with_digests(self) -> "Manifest":
-        """The manifest with its request key and content digest derived (``to_dict(with_digest=False)``:
-        every key but ``digest`` and ``floor``)."""
+        """The manifest with its request key and content digest derived: over ``to_dict(with_digest=False)``
+        (every key but ``digest`` and ``floor``), from schema 4 on over its content view (SPEC.md,
+        "Content addressing")."""
         from .digest import content_digest
 
         keyed = replace(self, request_key=self.request.key())
-        return replace(keyed, digest=content_digest(keyed.to_dict(with_digest=False)))
+        covered = keyed.to_dict(with_digest=False)
+        if self.schema_version >= CONTENT_VIEW_FROM:
+            covered = content_view(covered)
+        return replace(keyed, digest=content_digest(covered))
 
     @classmethod
     def parse(cls, d: Any) -> "Manifest":
@@ -400,22 +439,33 @@ class Manifest:
             request_key=_field(d, "request_key", "", _is_digest, DIGEST, ""),
             digest=_field(d, "digest", "", _is_digest, DIGEST, ""),
             floor=FloorLink.parse(d["floor"]) if d.get("floor") is not None else None,
+            share=Share.parse(d["share"]) if d.get("share") is not None else None,
         )
+        if manifest.share is not None and version < CONTENT_VIEW_FROM:
+            raise _damaged(f"manifest field share appears in schema_version {version}: shares exist from "
+                           f"schema_version {CONTENT_VIEW_FROM} on")
         manifest._check_sequences(d.get("positions"))
         return manifest
 
     def _check_sequences(self, positions: Any) -> None:
         """The sequences against the request's prompts, and the derived ``positions`` against both."""
         prompts = self.request.prompts
-        if len(self.sequences) != len(prompts):
+        if self.share is None and len(self.sequences) != len(prompts):
             raise _damaged(f"manifest field sequences has {len(self.sequences)} entries for "
                            f"{len(prompts)} prompts in request.prompts")
-        for i, (s, p) in enumerate(zip(self.sequences, prompts)):
-            if s.index != i:
+        if self.share is not None and not self.sequences:
+            raise _damaged("manifest field sequences is empty: a share holds at least one sequence")
+        previous = -1
+        for i, s in enumerate(self.sequences):
+            if self.share is None and s.index != i:
                 raise _damaged(f"manifest field sequences[{i}].index is {s.index}, not its position {i}")
+            if self.share is not None and not previous < s.index < len(prompts):
+                raise _damaged(f"manifest field sequences[{i}].index is {s.index}: a share's sequences name "
+                               f"request prompts (0 to {len(prompts) - 1}) in increasing order")
+            previous, p = s.index, prompts[s.index]
             if s.prompt_len != len(p):
                 raise _damaged(f"manifest field sequences[{i}].prompt_len is {s.prompt_len}, but "
-                               f"request.prompts[{i}] has {len(p)} tokens")
+                               f"request.prompts[{s.index}] has {len(p)} tokens")
         if positions is None:
             return
         if not _is_dict(positions):

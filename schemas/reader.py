@@ -19,7 +19,7 @@ import numpy as np
 import zarr
 from zarr.storage import LocalStore
 
-from parity.errors import NotAStoreError, ParityError, StoreCorruptError, StoreNotFoundError
+from parity.errors import NotAStoreError, ParityError, PartialStoreError, StoreCorruptError, StoreNotFoundError
 
 from .layout import ATTR_KEY, GENERATED, ROW_KINDS, kind_of, row_array_names
 from .manifest import Manifest
@@ -108,7 +108,7 @@ class Store:
         self._offsets = np.zeros(len(manifest.sequences) + 1, np.int64)  # read by ``_validate``
 
     @classmethod
-    def open(cls, path: Path | str, fast_read: bool = True) -> "Store":
+    def open(cls, path: Path | str, fast_read: bool = True, *, partial: bool = False) -> "Store":
         """Opens a store, refusing anything damaged or hostile with one line naming the file.
 
         Checked: every zarr.json (bounded size and depth, UTF-8, strict JSON,
@@ -119,6 +119,9 @@ class Store:
         their file, chunks not sharing bytes); token offsets, block starts and
         token ids against the manifest. Rows are not read: their content is
         the digests' business (``verify``, and the diff as it streams).
+
+        A share of a sharded recording (a partial store) is refused unless
+        ``partial``: only merging, showing and verifying take one.
         """
         path = Path(path).expanduser()
         if not path.exists():
@@ -138,6 +141,10 @@ class Store:
             manifest = Manifest.parse(attrs.get(ATTR_KEY) if isinstance(attrs, dict) else None)
         except ParityError as e:
             raise type(e)(f"{meta_file}: {e}", hint=e.hint) from None
+        if manifest.share is not None and not partial:
+            raise PartialStoreError(f"{path} is share {manifest.share} of a sharded recording "
+                                    f"({len(manifest.sequences)} of its {len(manifest.request.prompts)} sequences), "
+                                    "not a complete store")
         store = cls(path, None, manifest, fast_read, links)
         store._validate()
         return store

@@ -18,7 +18,7 @@ import numpy as np
 from parity.errors import StoreCorruptError
 
 from .digest import ArrayHasher, hash_array, rows_digest
-from .layout import CHUNK_ROWS, STORE_SUFFIX, kind_of, store_name
+from .layout import CHUNK_ROWS, SHARE_SUFFIX, STORE_SUFFIX, kind_of, store_name
 from .manifest import ArrayInfo, Manifest
 
 # verify decodes blocks of about this many raw bytes on up to VERIFY_THREADS
@@ -63,7 +63,7 @@ def verify_store(manifest: Manifest, path: Path, read: Read, blocks: Blocks) -> 
         raise StoreCorruptError(f"{path}: request key does not match the manifest's request")
     if derived.digest != manifest.digest:
         raise StoreCorruptError(f"{path}: content digest does not match the manifest")
-    if path.name.endswith(STORE_SUFFIX) and path.name != store_name(derived.digest):
+    if path.name.endswith((STORE_SUFFIX, SHARE_SUFFIX)) and path.name != store_name(derived.digest, manifest.share):
         raise StoreCorruptError(f"{path}: directory name does not match the content digest {derived.digest}")
     return derived
 

@@ -21,7 +21,7 @@ import numpy as np
 import zarr
 from zarr.storage import LocalStore
 
-from parity.errors import OutputNotWritableError, StoreCorruptError
+from parity.errors import OutputNotWritableError, ParityError, StoreCorruptError
 
 from .digest import BlockHashers, hash_array, rows_digest
 from .layout import (
@@ -364,9 +364,17 @@ class StoreWriter:
         self.group.attrs.put({ATTR_KEY: manifest.to_dict()})
         self.pool.shutdown(wait=True)
 
-        final = self.out_dir / store_name(manifest.digest)
+        final = self.out_dir / store_name(manifest.digest, manifest.share)
         if final.exists():
-            raise OutputNotWritableError(f"{final} already exists")
+            existing = _committed_manifest(final)
+            if existing is None or existing.digest != manifest.digest:
+                raise OutputNotWritableError(f"{final} already exists")
+            # The same content recorded again (digests leave out when and where): keep the
+            # store that is there, which may carry a floor, and drop this copy.
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            self.committed = final
+            log.info("an identical store is already at %s", final)
+            return final, existing
         os.replace(self.tmp, final)
         self.committed = final
         log.info("store committed: %s", final)
@@ -396,3 +404,13 @@ class StoreWriter:
     def __exit__(self, exc_type, exc, tb) -> None:
         if self.committed is None:
             self.abort()
+
+
+def _committed_manifest(path: Path) -> Manifest | None:
+    """The manifest of the store at ``path``, or None when it is not one parity can open."""
+    from .reader import Store
+
+    try:
+        return Store.open(path, partial=True).manifest
+    except (ParityError, OSError):
+        return None

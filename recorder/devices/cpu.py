@@ -114,19 +114,36 @@ def threads_bind(workers: int, cpus: list[int], nodes: dict[int, list[int]]) -> 
     without sharing, so threads are left unbound.
     """
     allowed = set(cpus)
-    usable_nodes = [sorted(allowed.intersection(c)) for _, c in sorted(nodes.items())]
-    if sum(1 for c in usable_nodes if c) >= workers:
+    if sum(1 for c in nodes.values() if allowed.intersection(c)) >= workers:
         return "auto"
-    if len(cpus) < workers:
+    groups = cpu_groups(workers, cpus, nodes)
+    if groups is None:
         return "nobind"
-    ordered = [c for node in usable_nodes for c in node] or sorted(cpus)
-    size, extra = divmod(len(ordered), workers)
-    groups, start = [], 0
-    for rank in range(workers):
-        end = start + size + (1 if rank < extra else 0)
-        groups.append(ordered[start:end])
-        start = end
     return "|".join(",".join(str(c) for c in g) for g in groups)
 
 
-__all__ = ["CpuProfile", "_version", "threads_bind"]
+def cpu_groups(count: int, cpus: list[int], nodes: dict[int, list[int]]) -> list[list[int]] | None:
+    """``count`` disjoint groups of ``cpus``: a NUMA node's usable CPUs each when there are enough
+    such nodes, else contiguous splits in node order; None when there are fewer CPUs than groups.
+
+    The rule ``threads_bind`` applies to tensor-parallel workers, applied to
+    whole engines (``record --replicas``).
+    """
+    allowed = set(cpus)
+    usable_nodes = [sorted(allowed.intersection(c)) for _, c in sorted(nodes.items())]
+    usable_nodes = [c for c in usable_nodes if c]
+    if len(usable_nodes) >= count:
+        return usable_nodes[:count]
+    if len(cpus) < count:
+        return None
+    ordered = [c for node in usable_nodes for c in node] or sorted(cpus)
+    size, extra = divmod(len(ordered), count)
+    groups, start = [], 0
+    for rank in range(count):
+        end = start + size + (1 if rank < extra else 0)
+        groups.append(ordered[start:end])
+        start = end
+    return groups
+
+
+__all__ = ["CpuProfile", "_version", "cpu_groups", "threads_bind"]

@@ -20,7 +20,10 @@ from tests.support.stores import V, deterministic_manifest, deterministic_rows, 
 # Pinned: a change to canonical JSON, the digest domains, the array hashing or
 # the manifest layout changes this value. Such a change needs a new
 # schema_version and a line in SPEC.md, then a new pin.
-PINNED_DIGEST = "xxh3-128:a109d734bec60233bce94dadfdacb998"
+PINNED_DIGEST = "xxh3-128:cded5baa91261bed63687253c584c67f"
+# The same store written as schema 3 (the digest over the whole manifest, not
+# its content view): the pin parity wrote before version 4.
+PINNED_DIGEST_V3 = "xxh3-128:a109d734bec60233bce94dadfdacb998"
 # The same store written as schema 2 (row arrays without their sequence
 # blocks' digests): the pin parity wrote before version 3.
 PINNED_DIGEST_V2 = "xxh3-128:abef8b8b11c8fee562a657634a48496a"
@@ -32,14 +35,23 @@ PINNED_DIGEST_V1 = "xxh3-128:cb1c5a115895fd745afc1c914cf58c62"
 
 def test_known_digest_is_pinned(tmp_path):
     path, manifest = write_deterministic(tmp_path)
-    assert SCHEMA_VERSION == 3
+    assert SCHEMA_VERSION == 4
     assert manifest.digest == PINNED_DIGEST
     assert path.name == parse_tagged(PINNED_DIGEST)[:24] + ".parity.zarr"
     store = Store.open(path)
-    assert store.manifest.schema_version == 3
+    assert store.manifest.schema_version == 4
     # Row arrays list their sequence blocks' digests; 1-D arrays do not.
     assert len(store.manifest.arrays["logprobs"].blocks) == len(store.manifest.sequences)
     assert store.manifest.arrays["token_ids"].blocks is None
+
+
+def test_version_3_store_still_opens_and_verifies(tmp_path):
+    """Schema 3 digested the whole manifest (created_at, timings, host and all): its stores keep their digest."""
+    path, manifest = write_deterministic(tmp_path, schema_version=3)
+    assert manifest.digest == PINNED_DIGEST_V3
+    store = Store.open(path)
+    assert store.manifest.schema_version == 3
+    assert store.verify().digest == PINNED_DIGEST_V3
 
 
 def test_version_2_store_still_opens_and_verifies(tmp_path):
