@@ -160,7 +160,7 @@ def record(
         from parity.recorder.dryrun import dry_run as plan_dry_run
 
         with stdout_to_stderr():
-            resolved = plan_dry_run(cfg, keyed=keyed)
+            resolved = plan_dry_run(cfg, keyed=keyed, replicas=replicas, ray_address=ray_address)
         sink.data({**resolved, "floor": kind.name} if kind else resolved)
         return
     with stdout_to_stderr():

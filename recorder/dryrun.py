@@ -33,13 +33,15 @@ FLOAT32_BYTES = 4
 ID_BYTES = 4  # top-N ids are int32
 
 
-def dry_run(cfg: RecordConfig, *, keyed: Plan | None = None) -> dict:
+def dry_run(cfg: RecordConfig, *, keyed: Plan | None = None, replicas: int = 1,
+            ray_address: str | None = None) -> dict:
     """The plan ``record(cfg)`` would execute, as one JSON-serialisable dict.
 
     Raises the same ParityError as ``record`` for a request that cannot run
     anywhere (bad options, missing model, a golden that does not match);
     reports what only stops it on this host in ``problems``. ``keyed``: as
-    for ``record``, the plan of cfg without its golden.
+    for ``record``, the plan of cfg without its golden. ``replicas``: the
+    share and CPUs each replica of ``record --replicas`` would get.
     """
     cfg = dataclasses.replace(cfg, check_device=False)
     plan = plan_recording(cfg, check_out=False, fetch_weights=False, keyed=keyed)
@@ -73,7 +75,7 @@ def dry_run(cfg: RecordConfig, *, keyed: Plan | None = None) -> dict:
 
     # The engine is built, not started: its arguments without loading anything.
     engine_args = engine_for(profile)(cfg, plan, plan.model.path).engine_args()
-    return {
+    resolved = {
         "device": profile.name,
         "available": available,
         "env": profile.environment(cfg.engine, full_vocab=plan.topn is None),
@@ -92,6 +94,13 @@ def dry_run(cfg: RecordConfig, *, keyed: Plan | None = None) -> dict:
         "problems": problems,
         "notes": notes,
     }
+    if plan.share is not None:
+        resolved["share"] = {"index": plan.share.index, "count": plan.share.count, "sequences": list(plan.members)}
+    if replicas > 1:
+        from .replicas import replica_plan
+
+        resolved["replicas"] = replica_plan(plan, replicas, ray_address)
+    return resolved
 
 
 def _depth_plan(plan, cfg: RecordConfig) -> dict | None:

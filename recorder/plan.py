@@ -165,12 +165,17 @@ def plan_recording(cfg: RecordConfig, *, check_out: bool = True, fetch_weights: 
     profile.validate(cfg.engine, request)
     members = None
     if cfg.shard is not None:
-        costs = [len(p) + (len(trajectories[i]) if trajectories else max_tokens) for i, p in enumerate(prompt_ids)]
-        members = tuple(share_members(costs, cfg.shard))
+        members = tuple(share_members(share_costs(request, trajectories), cfg.shard))
         prompt_texts = [prompt_texts[i] for i in members]
         trajectories = [trajectories[i] for i in members] if trajectories else trajectories
     return Plan(profile, inputs.model, inputs.tokenizer, request, prompt_texts, trajectories, golden_store, out,
                 depth, suite, cfg.shard, members)
+
+
+def share_costs(request: Request, trajectories: list[list[int]] | None) -> list[int]:
+    """What each sequence of a request costs to record, for splitting it: its positions."""
+    return [len(p) + (len(trajectories[i]) if trajectories else request.max_tokens)
+            for i, p in enumerate(request.prompts)]
 
 
 def share_members(costs: list[int], share: Share) -> list[int]:

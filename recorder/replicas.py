@@ -38,7 +38,7 @@ from parity.schemas.merge import merge_shares
 from parity.settings import settings
 
 from .devices.cpu import THREADS_BIND, allowed_cpus, cpu_groups, numa_nodes
-from .plan import RecordConfig, plan_recording
+from .plan import RecordConfig, plan_recording, share_costs, share_members
 from .record import RecordResult
 from .sink import Progress
 
@@ -97,6 +97,16 @@ def local_replicas(count: int) -> list[Replica]:
     return [Replica(Share(i + 1, count), g) for i, g in enumerate(groups)]
 
 
+def replica_plan(plan, count: int, ray_address: str | None) -> list[dict]:
+    """What each replica would record and where (``record --dry-run --replicas N``)."""
+    costs = share_costs(plan.request, plan.trajectories)
+    local = local_replicas(count) if ray_address is None else None
+    return [{"share": f"{i}/{count}", "sequences": share_members(costs, Share(i, count)),
+             "cpus": (list(local[i - 1].cpus) if local[i - 1].cpus else None) if local else None,
+             "where": "this host" if local else f"a Ray task on {ray_address} (bound among its node's replicas)"}
+            for i in range(1, count + 1)]
+
+
 def record_replicas(cfg: RecordConfig, count: int, *, ray_address: str | None = None,
                     progress: Callable[[Progress], None] | None = None,
                     on_share: Callable[[str], None] | None = None) -> RecordResult:
@@ -121,9 +131,13 @@ def record_replicas(cfg: RecordConfig, count: int, *, ray_address: str | None = 
         else:
             shares, engine_s = _run_ray(cfg, count, ray_address, work, on_share)
         wall = time.perf_counter() - started
-        generated = sum(Store.open(p, partial=True).manifest.generated_positions for p in shares)
-        timings = {"replicas": count, "engine_start_s": round(max(engine_s), 3), "generate_s": round(wall, 3),
-                   "generated_tokens_per_s": round(generated / wall, 2) if wall > 0 else None}
+        manifests = [Store.open(p, partial=True).manifest for p in shares]
+        generated = sum(m.generated_positions for m in manifests)
+        # The replicas ran side by side: the slowest share's generation is the run's.
+        generate = max((m.run.get("timings") or {}).get("generate_s") or 0.0 for m in manifests)
+        timings = {"replicas": count, "engine_start_s": round(max(engine_s), 3), "generate_s": round(generate, 3),
+                   "generated_tokens_per_s": round(generated / generate, 2) if generate > 0 else None,
+                   "wall_s": round(wall, 3)}
         merged_at = time.perf_counter()
         result = merge_shares(shares, out, fast_read=settings().fast_read, direct_io=settings().direct_io,
                               timings=timings)
@@ -259,8 +273,9 @@ def _record_share(cfg: RecordConfig, replica: Replica, progress) -> tuple[Path, 
 
     env = {}
     if replica.cpus:
+        # Not OMP_NUM_THREADS: set, it changes which kernels run (other values, another digest,
+        # than a single engine's); vLLM sizes its thread pool from the CPUs it binds.
         os.sched_setaffinity(0, replica.cpus)
-        env["OMP_NUM_THREADS"] = str(len(replica.cpus))
         if cfg.engine.tp * cfg.engine.pp == 1:
             env[THREADS_BIND] = ",".join(map(str, replica.cpus))
     with environment(env):

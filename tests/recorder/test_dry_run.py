@@ -190,3 +190,20 @@ print("ok")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_env(), timeout=300,
                           cwd=ROOT)
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
+
+
+def test_dry_run_shows_each_share_and_replica(tiny_model):
+    """The split a sharded run would make, and each local replica's CPUs (disjoint, from this host's)."""
+    from parity.recorder.devices.cpu import allowed_cpus
+
+    plan = dry_run("--model", str(tiny_model), "--suite", "default", "--max-model-len", "512", "--replicas", "2")
+    replicas = plan["replicas"]
+    assert [r["share"] for r in replicas] == ["1/2", "2/2"]
+    held = replicas[0]["sequences"] + replicas[1]["sequences"]
+    assert sorted(held) == list(range(plan["prompts"]["count"])) and all(r["sequences"] for r in replicas)
+    if len(allowed_cpus()) >= 2:
+        assert set(replicas[0]["cpus"]).isdisjoint(replicas[1]["cpus"])
+        assert set(replicas[0]["cpus"] + replicas[1]["cpus"]) <= set(allowed_cpus())
+    share = dry_run("--model", str(tiny_model), "--suite", "default", "--max-model-len", "512", "--shard", "2/2")
+    assert share["share"] == {"index": 2, "count": 2, "sequences": replicas[1]["sequences"]}
+    assert share["prompts"]["count"] == len(replicas[1]["sequences"])

@@ -17,43 +17,13 @@ import zarr
 from parity.differ.api import diff
 from parity.errors import IncompatibleStoresError, PartialStoreError, StoreCorruptError, UsageError
 from parity.recorder.plan import share_members
-from parity.schemas import GENERATED, PROMPT, Device, SequenceInfo, Store, StoreWriter
-from parity.schemas.layout import ATTR_KEY, TMP_PREFIX
+from parity.schemas import GENERATED, PROMPT, Device, Store, StoreWriter
+from parity.schemas.layout import TMP_PREFIX
 from parity.schemas.manifest import Share
 from parity.schemas.merge import merge_shares
 from tests.support.cli_run import assert_one_line_error
 from tests.support.cli_run import parity as run_cli
-from tests.support.stores import V, deterministic_manifest, deterministic_rows
-
-PROMPTS = ((1, 2, 3), (4, 5), (6, 7, 8, 9))
-GENERATED_LEN = (3, 2, 4)
-TOKENS = ([1, 2, 3, 10, 11, 12], [4, 5, 13, 14], [6, 7, 8, 9, 15, 16, 17, 18])
-
-
-def _rows(seq: int, kind: str) -> np.ndarray:
-    n = GENERATED_LEN[seq] if kind == GENERATED else len(PROMPTS[seq]) - 1
-    return deterministic_rows(n, 100 * seq + (50 if kind == PROMPT else 0))
-
-
-def _manifest(seqs, share=None, **changes):
-    m = deterministic_manifest(prompts=PROMPTS)
-    infos = tuple(SequenceInfo(i, len(PROMPTS[i]), GENERATED_LEN[i], "length", text=f"s{i}") for i in seqs)
-    return replace(m, sequences=infos, share=share, run={"capture": "tensor", "timings": {"generate_s": 1.0}},
-                   **changes)
-
-
-def write(out: Path, seqs=(0, 1, 2), share=None, aligned=False, **changes) -> tuple[Path, object]:
-    reserve = None
-    if aligned:  # the batched layout: every sequence's block starts a region of its own
-        reserve = {GENERATED: [8] * len(seqs), PROMPT: [8] * len(seqs)}
-    with StoreWriter(out, vocab_size=V, reserve=reserve, lanes=2 if aligned else 1) as w:
-        for local, seq in enumerate(seqs):
-            w.append_rows(GENERATED, local, _rows(seq, GENERATED))
-            w.append_rows(PROMPT, local, _rows(seq, PROMPT))
-            if aligned:
-                w.finish_sequence(local)
-        return w.commit(_manifest(seqs, share, **changes), [TOKENS[s] for s in seqs])
-
+from tests.support.stores import TOKENS, V, share_rows as _rows, share_manifest as _manifest, write_share as write
 
 @pytest.fixture
 def two_shares(tmp_path):

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -78,3 +79,34 @@ def simple_store(
         num_hidden_layers=num_hidden_layers,
     )
     return write_store(out_dir, spec)[0]
+
+
+# Three sequences a test can write whole or in shares (tests/schemas/test_shares.py).
+PROMPTS = ((1, 2, 3), (4, 5), (6, 7, 8, 9))
+GENERATED_LEN = (3, 2, 4)
+TOKENS = ([1, 2, 3, 10, 11, 12], [4, 5, 13, 14], [6, 7, 8, 9, 15, 16, 17, 18])
+
+
+def share_rows(seq: int, kind: str) -> np.ndarray:
+    n = GENERATED_LEN[seq] if kind == GENERATED else len(PROMPTS[seq]) - 1
+    return deterministic_rows(n, 100 * seq + (50 if kind == PROMPT else 0))
+
+
+def share_manifest(seqs, share=None, **changes):
+    m = deterministic_manifest(prompts=PROMPTS)
+    infos = tuple(SequenceInfo(i, len(PROMPTS[i]), GENERATED_LEN[i], "length", text=f"s{i}") for i in seqs)
+    return replace(m, sequences=infos, share=share, run={"capture": "tensor", "timings": {"generate_s": 1.0}},
+                   **changes)
+
+
+def write_share(out: Path, seqs=(0, 1, 2), share=None, aligned=False, **changes) -> tuple[Path, object]:
+    reserve = None
+    if aligned:  # the batched layout: every sequence's block starts a region of its own
+        reserve = {GENERATED: [8] * len(seqs), PROMPT: [8] * len(seqs)}
+    with StoreWriter(out, vocab_size=V, reserve=reserve, lanes=2 if aligned else 1) as w:
+        for local, seq in enumerate(seqs):
+            w.append_rows(GENERATED, local, share_rows(seq, GENERATED))
+            w.append_rows(PROMPT, local, share_rows(seq, PROMPT))
+            if aligned:
+                w.finish_sequence(local)
+        return w.commit(share_manifest(seqs, share, **changes), [TOKENS[s] for s in seqs])
