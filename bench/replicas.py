@@ -20,10 +20,10 @@ CPUs) weighs as much as generating, so the whole command gains less than the
 engines do.
 
 Below it, the generate phase alone, from the stores' own timings: the single
-engine's `run.timings.generate_s`, against the slowest share's generation
-(its generated positions / its tok/s, as `record --replicas` reports each
-share on stderr). The replicas' manifest `generate_s` is the replicas' wall
-time including their processes' and engines' start; it is shown too.
+engine's `run.timings.generate_s`, against the replicas' (the slowest share's
+generation: they run side by side). The replicas' `run.timings.wall_s` is
+their wall time including their processes' and engines' start; it is shown
+too.
 
 Last, whether the two stores have the same content digest. They may differ:
 an engine with fewer threads reduces floats in another order. This is
@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
 import statistics
 import subprocess
@@ -48,11 +47,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 THREADS_BIND = "VLLM_CPU_OMP_THREADS_BIND"
-# record --replicas, on stderr, once per share:
-#   share 1/2 recorded: 8 sequences, 512 generated + 2342 prompt positions at 123.4 tok/s (replica 1/2 on CPUs 0)
-SHARE_LINE = re.compile(r"share (\d+)/\d+ recorded: (\d+) sequences, (\d+) generated \+ (\d+) prompt positions "
-                        r"at ([0-9.]+|None) tok/s \(replica \S+ on (.*)\)\s*$")
-
 
 def parity_command() -> list[str]:
     script = Path(sys.executable).parent / "parity"
@@ -99,22 +93,15 @@ def record_once(replicas: int, args, work: Path) -> dict:
                            cwd=ROOT, env=child_env(), check=True)
     manifest = json.loads(shown.stdout)
     timings = manifest.get("run", {}).get("timings", {})
-    shares = []
-    for line in proc.stderr.splitlines():
-        m = SHARE_LINE.search(line)
-        if m:
-            tok_s = None if m.group(5) == "None" else float(m.group(5))
-            generated = int(m.group(3))
-            shares.append({"share": int(m.group(1)), "sequences": int(m.group(2)), "generated": generated,
-                           "prompt": int(m.group(4)), "tokens_per_s": tok_s, "where": m.group(6),
-                           "generate_s": generated / tok_s if tok_s else None})
+    # Each share's own figures and CPUs, from the merged manifest (run.shares).
+    shares = [{"share": sh["index"], "sequences": len(sh["sequences"]),
+               "generate_s": (sh.get("timings") or {}).get("generate_s"),
+               "tokens_per_s": (sh.get("timings") or {}).get("generated_tokens_per_s"),
+               "where": f"CPUs {(sh.get('env') or {}).get('VLLM_CPU_OMP_THREADS_BIND', 'unbound')}"}
+              for sh in manifest.get("run", {}).get("shares", [])]
     generated = sum(s.get("generated_len", 0) for s in manifest.get("sequences", []))
-    if replicas == 1:
-        generate_s = timings.get("generate_s")
-    else:
-        # the slowest share bounds the replicas' generation
-        times = [s["generate_s"] for s in sorted(shares, key=lambda s: s["share"])]
-        generate_s = max(times) if len(times) == replicas and None not in times else None
+    # With replicas, run.timings.generate_s is the slowest share's: they ran side by side.
+    generate_s = timings.get("generate_s")
     if not args.keep:
         shutil.rmtree(out, ignore_errors=True)
     return {"wall_s": wall, "digest": manifest.get("digest"), "timings": timings, "generated": generated,
@@ -181,7 +168,7 @@ def report(args, cpus: list[int], runs: dict[str, list[dict]]) -> None:
     wall = {side: summary([r["wall_s"] for r in rs]) for side, rs in runs.items()}
     gen = {side: summary([r["generate_s"] for r in rs]) for side, rs in runs.items()}
     start = {side: summary([r["timings"].get("engine_start_s") for r in rs]) for side, rs in runs.items()}
-    manifest_gen = summary([r["timings"].get("generate_s") for r in runs["replicas"]])
+    manifest_gen = summary([r["timings"].get("wall_s") for r in runs["replicas"]])
     pair_ratios = [ratio(a["wall_s"], b["wall_s"]) for a, b in zip(runs["one"], runs["replicas"])]
     speedup = {"wall_best": ratio(wall["one"]["best"], wall["replicas"]["best"]),
                "wall_median": ratio(wall["one"]["median"], wall["replicas"]["median"]),
@@ -223,7 +210,7 @@ def report(args, cpus: list[int], runs: dict[str, list[dict]]) -> None:
     row("", "replicas", gen["replicas"], "   slowest share")
     row("engine start", "one", start["one"])
     row("", "replicas", start["replicas"], "   slowest replica")
-    row("generate_s", "replicas", manifest_gen, "   manifest: replicas' wall time, their start included")
+    row("wall_s", "replicas", manifest_gen, "   manifest: the replicas' wall time, their start included")
     print(f"speed-up, one engine / {n} replicas (> 1: the replicas are faster)")
     print(f"  whole command  {fmt(speedup['wall_best'], '.2f', 'x')} best, {fmt(speedup['wall_median'], '.2f', 'x')} "
           f"median, {fmt(speedup['wall_median_of_pairs'], '.2f', 'x')} median of back-to-back pairs")

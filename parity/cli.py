@@ -203,6 +203,8 @@ def _check_split(cfg, replicas: int, ray_address: str | None, *, floor, depths, 
     if cfg.shard is not None and (floor or depths is not None or diff):
         raise UsageError("--shard records a partial store: it does not combine with --floor, --depths or --diff",
                          hint="merge the shares with `parity merge`, then use the merged store")
+    if replicas < 1:
+        raise UsageError("--replicas must be at least 1")
     if ray_address is not None and replicas < 2:
         raise UsageError("--ray-address runs replicas on a Ray cluster: give --replicas N (N >= 2) too")
     if replicas > 1 and depths is not None:

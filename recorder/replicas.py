@@ -47,6 +47,7 @@ log = logging.getLogger("parity")
 REPLICA_DEVICES = ("cpu", "hf")
 # A replica that ignores the stop request (an engine stuck in a collective) is killed after this.
 STOP_GRACE_S = 20.0
+LIVENESS_S = 0.5  # how often the driver looks for a replica that ended without a word
 MARKER = "replicas-driver"  # a file in the shares' directory that tells a Ray worker it sees the driver's disk
 
 
@@ -167,15 +168,24 @@ def _run_local(cfg: RecordConfig, replicas: list[Replica], work: Path, total: in
     engine_s: dict[int, float] = {}
     seen: dict[int, tuple[int, int, int]] = {}
     started = time.perf_counter()
+    backlog: list[tuple] = []  # messages read while looking for an ended replica's last word
+    checked = time.monotonic()
     try:
         while len(shares) < len(procs):
-            try:
-                msg = messages.get(timeout=0.5)
-            except queue_mod.Empty:
-                for r, p in zip(replicas, procs):
-                    if r.share.index not in shares and not p.is_alive():
-                        _drain_error(messages, r, p)
-                continue
+            msg = None
+            if backlog:
+                msg = backlog.pop(0)
+            elif time.monotonic() - checked > LIVENESS_S:
+                # Checked on a clock: the others' progress keeps the queue busy.
+                checked = time.monotonic()
+                ended = [(r, p) for r, p in zip(replicas, procs) if r.share.index not in shares and not p.is_alive()]
+                if ended:
+                    msg = _last_word(messages, *ended[0], backlog)
+            if msg is None:
+                try:
+                    msg = messages.get(timeout=LIVENESS_S)
+                except queue_mod.Empty:
+                    continue
             kind, index = msg[0], msg[1]
             if kind == "progress":
                 seen[index] = msg[2:5]
@@ -196,17 +206,20 @@ def _run_local(cfg: RecordConfig, replicas: list[Replica], work: Path, total: in
         _stop(procs)
 
 
-def _drain_error(messages, replica: Replica, proc) -> None:
-    """A replica that ended without a result: its error message if it sent one, else its exit code."""
-    try:
-        while True:
-            msg = messages.get(timeout=1.0)
-            if msg[0] == "error":
-                raise _replica_error(replica, msg[2], msg[3], msg[4])
-            if msg[0] == "done":
-                return
-    except queue_mod.Empty:
-        pass
+def _last_word(messages, replica: Replica, proc, backlog: list) -> tuple:
+    """The last message of a replica that ended: its result or error, else an error of its exit code.
+
+    The others keep reporting progress meanwhile: a short, bounded look at the queue.
+    """
+    deadline = time.monotonic() + 2.0
+    while time.monotonic() < deadline:
+        try:
+            msg = messages.get(timeout=0.2)
+        except queue_mod.Empty:
+            continue
+        if msg[1] == replica.share.index and msg[0] in ("done", "error"):
+            return msg
+        backlog.append(msg)
     code = proc.exitcode
     how = f"was killed by signal {signal.Signals(-code).name}" if code is not None and code < 0 else \
         f"exited with code {code}"
@@ -296,6 +309,7 @@ def _run_ray(cfg: RecordConfig, count: int, address: str, work: Path,
                                      hint="pip install 'ray[default]'") from None
     token = uuid.uuid4().hex
     (work / MARKER).write_text(token)
+    _check_reachable(address)
     try:
         ray.init(address=address, log_to_driver=settings().debug, logging_level=logging.WARNING)
     except Exception as e:  # noqa: BLE001 - Ray's connection errors have no common base
@@ -337,6 +351,20 @@ def _run_ray(cfg: RecordConfig, count: int, address: str, work: Path,
         return [shares[i] for i in sorted(shares)], engine_s
     finally:
         ray.shutdown()
+
+
+def _check_reachable(address: str) -> None:
+    """A HOST:PORT nobody answers at is refused at once (Ray itself retries for minutes)."""
+    import socket
+
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or "://" in address:
+        return  # "auto", ray:// client addresses: Ray's own resolution
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=10).close()
+    except OSError as e:
+        raise EngineError(f"cannot connect to the Ray cluster at {address}: {e.strerror or e}",
+                          hint="start it with `ray start --head` and pass the address it prints") from None
 
 
 def _place(nodes: list[dict], count: int) -> list[tuple[str, int, int, float]]:
