@@ -46,7 +46,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-THREADS_BIND = "VLLM_CPU_OMP_THREADS_BIND"
+sys.path.insert(0, str(ROOT))
+
+from parity.recorder.devices.cpu import THREADS_BIND, cpu_list  # noqa: E402
+
 
 def parity_command() -> list[str]:
     script = Path(sys.executable).parent / "parity"
@@ -56,18 +59,6 @@ def parity_command() -> list[str]:
     if found:
         return [found]
     return [sys.executable, "-c", "import sys; from parity.cli import main; sys.argv[0] = 'parity'; sys.exit(main())"]
-
-
-def cpu_list(cpus) -> str:
-    cpus = sorted(cpus)
-    if not cpus:
-        return "none"
-    runs, start = [], cpus[0]
-    for a, b in zip(cpus, cpus[1:] + [None]):
-        if b != a + 1:
-            runs.append(f"{start}-{a}" if a != start else str(a))
-            start = b
-    return ",".join(runs)
 
 
 def child_env() -> dict[str, str]:

@@ -37,7 +37,7 @@ from parity.schemas.manifest import Share
 from parity.schemas.merge import merge_shares
 from parity.settings import settings
 
-from .devices.cpu import THREADS_BIND, allowed_cpus, cpu_groups, numa_nodes
+from .devices.cpu import THREADS_BIND, allowed_cpus, cpu_groups, cpu_list, numa_nodes
 from .plan import RecordConfig, plan_recording, share_costs, share_members
 from .record import RecordResult
 from .sink import Progress
@@ -60,7 +60,7 @@ class Replica:
     node: str | None = None  # Ray node id
 
     def describe(self) -> str:
-        where = f"CPUs {_cpu_list(self.cpus)}" if self.cpus else "unbound threads"
+        where = f"CPUs {cpu_list(self.cpus)}" if self.cpus else "unbound threads"
         return f"replica {self.share} on {where}" + (f" of node {self.node[:12]}" if self.node else "")
 
 
@@ -421,8 +421,11 @@ def _pack(path: Path) -> bytes:
 def _unpack(data: bytes, work: Path) -> Path:
     """A share returned as files, unpacked under ``work`` (a share is checked, rows and all, when merged)."""
     target = Path(tempfile.mkdtemp(prefix="share-", dir=work))
-    with tarfile.open(fileobj=io.BytesIO(data), mode="r") as tar:
-        tar.extractall(target, filter="data")
+    try:
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r") as tar:
+            tar.extractall(target, filter="data")  # no links out, no absolute or parent paths
+    except (tarfile.TarError, OSError) as e:
+        raise EngineError(f"a Ray replica returned a share that cannot be unpacked: {e}") from None
     inner = [p for p in target.iterdir() if p.is_dir()]
     if len(inner) != 1:
         raise EngineError("a Ray replica returned a share that is not one store directory")
@@ -446,13 +449,3 @@ def _parse_cpus(text: str) -> list[int]:
         return _parse_cpu_list(text)
     except ValueError:
         raise UsageError(f"{THREADS_BIND}: {text!r} is not a CPU list (e.g. 0-3,8)") from None
-
-
-def _cpu_list(cpus) -> str:
-    cpus = sorted(cpus)
-    runs, start = [], cpus[0]
-    for a, b in zip(cpus, cpus[1:] + [None]):
-        if b != a + 1:
-            runs.append(f"{start}-{a}" if a != start else str(a))
-            start = b
-    return ",".join(runs)

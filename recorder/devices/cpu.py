@@ -103,6 +103,19 @@ def _parse_cpu_list(text: str) -> list[int]:
     return cpus
 
 
+def cpu_list(cpus) -> str:
+    """CPUs written as Linux writes them (``0-3,8``); the inverse of ``_parse_cpu_list``."""
+    cpus = sorted(cpus)
+    if not cpus:
+        return "none"
+    runs, start = [], cpus[0]
+    for a, b in zip(cpus, cpus[1:] + [None]):
+        if b != a + 1:
+            runs.append(f"{start}-{a}" if a != start else str(a))
+            start = b
+    return ",".join(runs)
+
+
 def threads_bind(workers: int, cpus: list[int], nodes: dict[int, list[int]]) -> str:
     """vLLM's VLLM_CPU_OMP_THREADS_BIND value for ``workers`` CPU workers.
 
@@ -146,4 +159,4 @@ def cpu_groups(count: int, cpus: list[int], nodes: dict[int, list[int]]) -> list
     return groups
 
 
-__all__ = ["CpuProfile", "_version", "cpu_groups", "threads_bind"]
+__all__ = ["CpuProfile", "_version", "cpu_groups", "cpu_list", "threads_bind"]

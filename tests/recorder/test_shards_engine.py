@@ -113,9 +113,7 @@ def test_two_local_replicas_give_one_store_with_the_single_engines_digest(tiny_m
 @needs_two_cpus
 def test_a_killed_replica_fails_in_one_line_and_leaves_nothing(tiny_model, tmp_path):
     out = tmp_path / "out"
-    out.mkdir()
-    proc = _start(["record", "--model", str(tiny_model), "--suite", "seed", "--max-tokens", "400", "--replicas", "2",
-                   "--out", str(out)])
+    proc = _start_long_replicas(tiny_model, out)
     victim = _wait_for_rows(proc, out)[0]
     os.kill(victim, signal.SIGKILL)
     _, stderr = proc.communicate(timeout=180)
@@ -130,9 +128,7 @@ def test_a_killed_replica_fails_in_one_line_and_leaves_nothing(tiny_model, tmp_p
 @needs_two_cpus
 def test_ctrl_c_stops_every_replica_and_leaves_nothing(tiny_model, tmp_path):
     out = tmp_path / "out"
-    out.mkdir()
-    proc = _start(["record", "--model", str(tiny_model), "--suite", "seed", "--max-tokens", "400", "--replicas", "2",
-                   "--out", str(out)])
+    proc = _start_long_replicas(tiny_model, out)
     replicas = _wait_for_rows(proc, out)
     os.killpg(proc.pid, signal.SIGINT)  # as a terminal's Ctrl-C: the whole process group
     _, stderr = proc.communicate(timeout=180)
@@ -143,7 +139,11 @@ def test_ctrl_c_stops_every_replica_and_leaves_nothing(tiny_model, tmp_path):
         _assert_gone(pid)
 
 
-def _start(args: list[str]) -> subprocess.Popen:
+def _start_long_replicas(model: Path, out: Path) -> subprocess.Popen:
+    """Two replicas on a recording long enough to be stopped while rows flow."""
+    out.mkdir()
+    args = ["record", "--model", str(model), "--suite", "seed", "--max-tokens", "400", "--replicas", "2",
+            "--out", str(out)]
     return subprocess.Popen([sys.executable, "-m", "parity.cli", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True, cwd=ROOT,
                             env={**os.environ, "PYTHONPATH": str(ROOT), "PARITY_NO_PROGRESS": "1"})
