@@ -154,7 +154,7 @@ def record(
         if dry_run or golden or diff:
             raise UsageError("--depths records goldens: it does not combine with --dry-run, --golden or --diff",
                              hint="to follow goldens at several depths use parity bisect")
-        _record_depths(cfg, depths, sink, reuse=reuse, floor=kind)
+        _record_depths(cfg, depths, sink, reuse=reuse, floor=kind, run=_replicas_runner(replicas, ray_address, sink))
         return
     if dry_run:
         from parity.recorder.dryrun import dry_run as plan_dry_run
@@ -163,12 +163,10 @@ def record(
             resolved = plan_dry_run(cfg, keyed=keyed, replicas=replicas, ray_address=ray_address)
         sink.data({**resolved, "floor": kind.name} if kind else resolved)
         return
+    run = _replicas_runner(replicas, ray_address, sink)
     with stdout_to_stderr():
-        if replicas > 1:
-            from parity.recorder.replicas import record_replicas
-
-            result = record_replicas(cfg, replicas, ray_address=ray_address, progress=_recording_bar(sink),
-                                     on_share=lambda line: (sink.finish(), sink.note(line)))
+        if run is not None:
+            result = run(cfg, _recording_bar(sink))
         else:
             result = run_record(cfg, progress=_recording_bar(sink), keyed=keyed)
     sink.finish()
@@ -181,7 +179,7 @@ def record(
         f"{f' with {replicas} replicas' if replicas > 1 else ''}; digest {m.digest}"
     )
     if kind is not None:
-        _record_floor(cfg, result.path, kind, sink)
+        _record_floor(cfg, result.path, kind, sink, run)
     if diff and cfg.golden is not None:
         _print_diff(cfg.golden, result.path, sink, color=not no_color)
     sink.result(str(result.path))
@@ -207,8 +205,6 @@ def _check_split(cfg, replicas: int, ray_address: str | None, *, floor, depths, 
         raise UsageError("--replicas must be at least 1")
     if ray_address is not None and replicas < 2:
         raise UsageError("--ray-address runs replicas on a Ray cluster: give --replicas N (N >= 2) too")
-    if replicas > 1 and depths is not None:
-        raise UsageError("--replicas does not combine with --depths: record each depth with --replicas")
     if replicas > 1:
         from parity.recorder.replicas import check_replica_options
 
@@ -225,12 +221,22 @@ def _floor_kind(cfg, name: str | None, golden: str | None):
     return kind
 
 
-def _record_floor(cfg, golden: Path, kind, sink: Output) -> None:
+def _replicas_runner(replicas: int, ray_address: str | None, sink: Output):
+    """``record --replicas``'s way of recording (None: one engine)."""
+    if replicas < 2:
+        return None
+    from parity.recorder.replicas import record_replicas
+
+    return lambda cfg, progress: record_replicas(cfg, replicas, ray_address=ray_address, progress=progress,
+                                                 on_share=lambda line: (sink.finish(), sink.note(line)))
+
+
+def _record_floor(cfg, golden: Path, kind, sink: Output, run=None) -> None:
     from parity.recorder.floor import record_floor
 
     sink.note(f"recording the noise floor: {kind.description}, on the golden's trajectory")
     with stdout_to_stderr():
-        manifest, rec = record_floor(cfg, golden, kind, progress=_recording_bar(sink))
+        manifest, rec = record_floor(cfg, golden, kind, progress=_recording_bar(sink), run=run)
     sink.finish()
     sink.note(f"noise floor {rec.manifest.digest} ({kind.name}) kept in {rec.path}")
 
@@ -240,7 +246,7 @@ def _recording_bar(sink: Output):
                               f"{p.positions / max(p.elapsed, 1e-9):.0f} pos/s {human_bytes(p.bytes_written)}")
 
 
-def _record_depths(cfg, depths: str, sink: Output, *, reuse: bool, floor=None) -> None:
+def _record_depths(cfg, depths: str, sink: Output, *, reuse: bool, floor=None, run=None) -> None:
     from parity.recorder.depths import at_depth, record_depths
 
     def done(rec) -> None:
@@ -250,10 +256,10 @@ def _record_depths(cfg, depths: str, sink: Output, *, reuse: bool, floor=None) -
         sink.note(f"depth {rec.depth}/{rec.total}: {how}; {m.generated_positions} generated + "
                   f"{m.prompt_positions} prompt positions; request key {m.request_key}")
         if floor is not None and m.floor is None:  # a reused golden keeps the floor it has
-            _record_floor(at_depth(cfg, rec.depth), rec.path, floor, sink)
+            _record_floor(at_depth(cfg, rec.depth), rec.path, floor, sink, run)
 
     with stdout_to_stderr():
-        recs = record_depths(cfg, depths, progress=_recording_bar(sink), on_done=done, reuse=reuse)
+        recs = record_depths(cfg, depths, progress=_recording_bar(sink), on_done=done, reuse=reuse, run=run)
     sink.result("\n".join(str(r.path) for r in recs))
 
 

@@ -22,7 +22,7 @@ from parity.schemas import Manifest, Store
 from parity.settings import settings
 
 from .plan import Plan, RecordConfig, plan_recording
-from .record import record
+from .record import Recorder, record
 from .sink import Progress
 from .truncate import layer_count
 
@@ -101,8 +101,10 @@ def find_recorded(plan: Plan, out: Path) -> Path | None:
 
 
 def record_or_reuse(cfg: RecordConfig, progress: Callable[[Progress], None] | None = None,
-                    *, total: int | None = None, reuse: bool = True) -> DepthRecording:
-    """Records ``cfg`` unless its output directory already holds that recording."""
+                    *, total: int | None = None, reuse: bool = True, run: Recorder | None = None) -> DepthRecording:
+    """Records ``cfg`` unless its output directory already holds that recording.
+
+    ``run(cfg, progress)``: how to record it (default: one engine; ``record --replicas``: several)."""
     plan = plan_recording(cfg)
     total = total or layer_count(plan.model.path)
     depth = plan.depth.requested if plan.depth is not None else total
@@ -110,12 +112,13 @@ def record_or_reuse(cfg: RecordConfig, progress: Callable[[Progress], None] | No
     if existing is not None:
         log.info("depth %d: reusing %s", depth, existing)
         return DepthRecording(depth, total, existing, Store.open(existing, fast_read=settings().fast_read).manifest, True)
-    result = record(cfg, progress=progress, plan=plan)
+    result = run(cfg, progress) if run is not None else record(cfg, progress=progress, plan=plan)
     return DepthRecording(depth, total, result.path, result.manifest, False)
 
 
 def record_depths(cfg: RecordConfig, depths: str | list[int], progress: Callable[[Progress], None] | None = None,
-                  on_done: Callable[[DepthRecording], None] | None = None, *, reuse: bool = True) -> list[DepthRecording]:
+                  on_done: Callable[[DepthRecording], None] | None = None, *, reuse: bool = True,
+                  run: Recorder | None = None) -> list[DepthRecording]:
     """One store per depth, shallowest first (``depths``: a --depths spelling or layer counts)."""
     if cfg.golden is not None:
         raise UsageError("--depths records goldens; to follow goldens at several depths use parity bisect",
@@ -129,7 +132,7 @@ def record_depths(cfg: RecordConfig, depths: str | list[int], progress: Callable
     wanted = parse_depths(depths, total) if isinstance(depths, str) else sorted(set(depths))
     done = []
     for depth in wanted:
-        rec = record_or_reuse(at_depth(cfg, depth), progress, total=total, reuse=reuse)
+        rec = record_or_reuse(at_depth(cfg, depth), progress, total=total, reuse=reuse, run=run)
         done.append(rec)
         if on_done is not None:
             on_done(rec)

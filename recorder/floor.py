@@ -24,7 +24,7 @@ from parity.schemas.layout import TMP_PREFIX
 from parity.settings import settings
 
 from .plan import RecordConfig
-from .record import RecordResult, record
+from .record import Recorder, RecordResult, record
 from .sink import Progress
 
 log = logging.getLogger("parity")
@@ -75,14 +75,16 @@ def floor_config(cfg: RecordConfig, golden: Path, kind: FloorKind, out: Path) ->
 
 
 def record_floor(cfg: RecordConfig, golden: Path, kind: FloorKind,
-                 progress: Callable[[Progress], None] | None = None) -> tuple[Manifest, RecordResult]:
+                 progress: Callable[[Progress], None] | None = None, *,
+                 run: Recorder | None = None) -> tuple[Manifest, RecordResult]:
     """Records ``kind``'s floor on the committed golden at ``golden`` and
     attaches it; returns the golden's manifest (with its floor link) and the
     floor's recording. Until the attach, the floor is a hidden temporary
-    directory inside the golden's, removed on any failure."""
+    directory inside the golden's, removed on any failure. ``run``: how to
+    record it (default: one engine; ``record --replicas``: as the golden)."""
     staging = golden / f"{TMP_PREFIX}floor-{uuid.uuid4().hex[:8]}"
     try:
-        result = record(floor_config(cfg, golden, kind, staging), progress)
+        result = (run or record)(floor_config(cfg, golden, kind, staging), progress)
         st = settings()
         manifest = attach_floor(Store.open(golden, fast_read=st.fast_read),
                                 Store.open(result.path, fast_read=st.fast_read), kind.name)

@@ -37,6 +37,10 @@ class RecordResult:
     timings: dict
 
 
+# How a recording is run: ``record`` itself (one engine), or ``record --replicas``'s several.
+Recorder = Callable[[RecordConfig, Callable[[Progress], None] | None], RecordResult]
+
+
 def record(cfg: RecordConfig, progress: Callable[[Progress], None] | None = None, *,
            plan: Plan | None = None, keyed: Plan | None = None) -> RecordResult:
     """Records one store; returns its path, manifest and timings.

@@ -160,7 +160,7 @@ def _run_local(cfg: RecordConfig, replicas: list[Replica], work: Path, total: in
     procs = []
     for r in replicas:
         log.info("starting %s", r.describe())
-        p = ctx.Process(target=_replica_main, name=f"parity-replica-{r.share.index}",
+        p = ctx.Process(target=_replica_process, name=f"parity-replica-{r.share.index}",
                         args=(replace(cfg, shard=r.share, out=work), r, messages))
         p.start()
         procs.append(p)
@@ -250,10 +250,15 @@ def _stop(procs) -> None:
             p.join()
 
 
-def _replica_main(cfg: RecordConfig, replica: Replica, messages) -> None:
-    """A replica process: bind, record its share, report on ``messages``."""
+def _replica_process(cfg: RecordConfig, replica: Replica, messages) -> None:
+    """A replica process's entry point."""
     os.dup2(2, 1)  # the command's stdout carries its result only
     _child_logging(replica)
+    _replica_main(cfg, replica, messages)
+
+
+def _replica_main(cfg: RecordConfig, replica: Replica, messages) -> None:
+    """Binds, records the replica's share, reports on ``messages``: progress, then "done" or "error"."""
     try:
         path, engine_s, summary = _record_share(cfg, replica, lambda p: messages.put(
             ("progress", replica.share.index, p.positions, p.total, p.bytes_written)))

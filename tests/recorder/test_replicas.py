@@ -97,3 +97,21 @@ def test_a_returned_share_cannot_write_outside_its_directory(tmp_path):
     with pytest.raises(EngineError, match="cannot be unpacked"):
         _unpack(buf.getvalue(), work)
     assert not (tmp_path / "escaped").exists()
+
+
+def test_a_replicas_error_reaches_the_driver_as_its_own_class(tmp_path):
+    """What a replica process sends when its recording fails, and what the driver raises of it."""
+    import queue
+
+    from parity.errors import ModelNotFoundError
+    from parity.recorder.replicas import Replica, _replica_error, _replica_main
+
+    messages = queue.Queue()
+    replica = Replica(Share(2, 2), None)
+    _replica_main(RecordConfig(model=str(tmp_path / "no-such-model"), out=tmp_path / "out", shard=Share(2, 2)),
+                  replica, messages)
+    kind, index, name, message, hint = messages.get_nowait()
+    assert (kind, index, name) == ("error", 2, "ModelNotFoundError")
+    error = _replica_error(replica, name, message, hint)
+    assert isinstance(error, ModelNotFoundError)
+    assert error.one_line().startswith("replica 2/2 on unbound threads: ") and "no-such-model" in error.one_line()

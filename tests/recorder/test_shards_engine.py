@@ -111,6 +111,24 @@ def test_two_local_replicas_give_one_store_with_the_single_engines_digest(tiny_m
 
 
 @needs_two_cpus
+def test_replicas_record_the_golden_and_its_floor(tiny_model, tmp_path):
+    """--floor with --replicas: the floor is recorded by replicas too, on the merged golden's trajectory."""
+    out = tmp_path / "out"
+    proc = parity(*_record_args(tiny_model, out), "--replicas", "2", "--floor", "bf16")
+    assert proc.returncode == 0, proc.stderr
+    golden = Store.open(proc.stdout.strip())
+    link = golden.manifest.floor
+    assert link is not None and link.kind == "bf16"
+    floor = Store.open(golden.path / link.path)
+    assert floor.manifest.run["golden"] == golden.manifest.digest
+    assert [s["index"] for s in floor.manifest.run["shares"]] == [1, 2]
+    verified = parity("verify", str(golden.path))
+    assert verified.returncode == 0 and f"noise floor {link.digest} (bf16) ok" in verified.stdout
+    assert _only_the_store(out) == golden.path
+    assert not [p for p in golden.path.iterdir() if p.name.startswith(TMP_PREFIX)]
+
+
+@needs_two_cpus
 def test_a_killed_replica_fails_in_one_line_and_leaves_nothing(tiny_model, tmp_path):
     out = tmp_path / "out"
     proc = _start_long_replicas(tiny_model, out)
