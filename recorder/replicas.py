@@ -4,10 +4,8 @@ Locally, each replica is a process of its own (vLLM keeps one engine per
 process) bound to a disjoint set of this process's CPUs: a NUMA node each
 when there are enough, else contiguous splits, the rule ``--tp`` applies to
 its workers (``devices/cpu.cpu_groups``). On a Ray cluster
-(``--ray-address``), each replica is a Ray task pinned to a node, bound the
-same way among the replicas of its node; it writes its share where the
-driver reads it when the two see one filesystem, else returns the share's
-files. Shares go to a hidden temporary directory beside the output, are
+(``--ray-address``, ``replicas_ray.py``), each replica is a Ray task pinned
+to a node, bound the same way among the replicas of its node. Shares go to a hidden temporary directory beside the output, are
 merged (``schemas.merge``: every row checked against its digest) into the
 one store a single engine would have written, then removed. Ctrl-C or a
 failed replica stops the others and leaves no store.
@@ -15,30 +13,27 @@ failed replica stops the others and leaves no store.
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 import queue as queue_mod
 import shutil
 import signal
-import tarfile
-import tempfile
 import time
 import uuid
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
-import parity.errors as errors
-from parity.errors import DeviceUnavailableError, EngineError, ParityError, UsageError
+from parity.errors import EngineError, ParityError, UsageError
 from parity.schemas import Store
 from parity.schemas.layout import TMP_PREFIX
 from parity.schemas.manifest import Share
 from parity.schemas.merge import merge_shares
 from parity.settings import settings
 
-from .devices.cpu import THREADS_BIND, allowed_cpus, cpu_groups, cpu_list, numa_nodes
+from .devices.cpu import THREADS_BIND, allowed_cpus, cpu_groups, numa_nodes
 from .plan import RecordConfig, plan_recording, share_costs, share_members
+from .replica import Replica, record_share, replica_error
 from .record import RecordResult
 from .sink import Progress
 
@@ -48,20 +43,6 @@ REPLICA_DEVICES = ("cpu", "hf")
 # A replica that ignores the stop request (an engine stuck in a collective) is killed after this.
 STOP_GRACE_S = 20.0
 LIVENESS_S = 0.5  # how often the driver looks for a replica that ended without a word
-MARKER = "replicas-driver"  # a file in the shares' directory that tells a Ray worker it sees the driver's disk
-
-
-@dataclass(frozen=True)
-class Replica:
-    """What one replica runs: its share of the recording and where its threads go."""
-
-    share: Share
-    cpus: tuple[int, ...] | None  # None: unbound (fewer CPUs than replicas)
-    node: str | None = None  # Ray node id
-
-    def describe(self) -> str:
-        where = f"CPUs {cpu_list(self.cpus)}" if self.cpus else "unbound threads"
-        return f"replica {self.share} on {where}" + (f" of node {self.node[:12]}" if self.node else "")
 
 
 def check_replica_options(cfg: RecordConfig, count: int, ray_address: str | None) -> None:
@@ -130,7 +111,9 @@ def record_replicas(cfg: RecordConfig, count: int, *, ray_address: str | None = 
         if ray_address is None:
             shares, engine_s = _run_local(cfg, local_replicas(count), work, total, progress, on_share)
         else:
-            shares, engine_s = _run_ray(cfg, count, ray_address, work, on_share)
+            from .replicas_ray import run_ray
+
+            shares, engine_s = run_ray(cfg, count, ray_address, work, on_share)
         wall = time.perf_counter() - started
         manifests = [Store.open(p, partial=True).manifest for p in shares]
         generated = sum(m.generated_positions for m in manifests)
@@ -198,7 +181,7 @@ def _run_local(cfg: RecordConfig, replicas: list[Replica], work: Path, total: in
                 if on_share:
                     on_share(f"share {index}/{len(procs)} recorded: {msg[4]}")
             elif kind == "error":
-                raise _replica_error(replicas[index - 1], msg[2], msg[3], msg[4])
+                raise replica_error(replicas[index - 1], msg[2], msg[3], msg[4])
         for p in procs:
             p.join()
         return [shares[i] for i in sorted(shares)], list(engine_s.values())
@@ -227,13 +210,6 @@ def _last_word(messages, replica: Replica, proc, backlog: list) -> tuple:
                       hint="rerun with PARITY_DEBUG=1; a killed replica is often out of memory: use fewer replicas")
 
 
-def _replica_error(replica: Replica, name: str | None, message: str, hint: str | None) -> ParityError:
-    cls = getattr(errors, name or "", None)
-    if not (isinstance(cls, type) and issubclass(cls, ParityError)):
-        cls = EngineError
-    return cls(f"{replica.describe()}: {message}", hint=hint)
-
-
 def _stop(procs) -> None:
     """Stops the replicas still running: SIGINT (they abort their writers), then SIGKILL after a grace period."""
     alive = [p for p in procs if p.is_alive()]
@@ -260,7 +236,7 @@ def _replica_process(cfg: RecordConfig, replica: Replica, messages) -> None:
 def _replica_main(cfg: RecordConfig, replica: Replica, messages) -> None:
     """Binds, records the replica's share, reports on ``messages``: progress, then "done" or "error"."""
     try:
-        path, engine_s, summary = _record_share(cfg, replica, lambda p: messages.put(
+        path, engine_s, summary = record_share(cfg, replica, lambda p: messages.put(
             ("progress", replica.share.index, p.positions, p.total, p.bytes_written)))
         messages.put(("done", replica.share.index, str(path), engine_s, summary))
     except KeyboardInterrupt:
@@ -282,169 +258,6 @@ def _child_logging(replica: Replica) -> None:
     logger.handlers[:] = [handler]
     logger.setLevel(logging.DEBUG if settings().debug else logging.WARNING)
     logger.propagate = False
-
-
-def _record_share(cfg: RecordConfig, replica: Replica, progress) -> tuple[Path, float, str]:
-    """Records one share in this process, its threads on the replica's CPUs."""
-    from .engines import environment
-    from .record import record
-
-    env = {}
-    if replica.cpus:
-        # Not OMP_NUM_THREADS: set, it changes which kernels run (other values, another digest,
-        # than a single engine's); vLLM sizes its thread pool from the CPUs it binds.
-        os.sched_setaffinity(0, replica.cpus)
-        if cfg.engine.tp * cfg.engine.pp == 1:
-            env[THREADS_BIND] = ",".join(map(str, replica.cpus))
-    with environment(env):
-        result = record(cfg, progress)
-    m = result.manifest
-    summary = (f"{len(m.sequences)} sequences, {m.generated_positions} generated + {m.prompt_positions} prompt "
-               f"positions at {result.timings.get('generated_tokens_per_s')} tok/s ({replica.describe()})")
-    return result.path, float(m.run.get("timings", {}).get("engine_start_s") or 0.0), summary
-
-
-# -- Ray ------------------------------------------------------------------------------
-def _run_ray(cfg: RecordConfig, count: int, address: str, work: Path,
-             on_share: Callable[[str], None] | None) -> tuple[list[Path], list[float]]:
-    try:
-        import ray
-    except ImportError:
-        raise DeviceUnavailableError("--ray-address needs Ray, which is not installed",
-                                     hint="pip install 'ray[default]'") from None
-    token = uuid.uuid4().hex
-    (work / MARKER).write_text(token)
-    _check_reachable(address)
-    try:
-        ray.init(address=address, log_to_driver=settings().debug, logging_level=logging.WARNING)
-    except Exception as e:  # noqa: BLE001 - Ray's connection errors have no common base
-        raise EngineError(f"cannot connect to the Ray cluster at {address}: {type(e).__name__}: {_first_line(e)}",
-                          hint="start it with `ray start --head` and pass the address it prints") from None
-    try:
-        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-        placed = _place(ray.nodes(), count)
-        task = ray.remote(_ray_share)
-        refs = {}
-        for i, (node, slot, per_node, cpus) in enumerate(placed):
-            share = Share(i + 1, count)
-            refs[task.options(num_cpus=cpus, max_retries=0, scheduling_strategy=NodeAffinitySchedulingStrategy(
-                node, soft=False)).remote(replace(cfg, shard=share, out=work), share, slot, per_node, str(work),
-                                          token)] = share
-        shares: dict[int, Path] = {}
-        engine_s = []
-        pending = list(refs)
-        try:
-            while pending:
-                done, pending = ray.wait(pending, num_returns=1)
-                share = refs[done[0]]
-                try:
-                    outcome = ray.get(done[0])
-                except Exception as e:  # noqa: BLE001 - a task's exception arrives wrapped by Ray
-                    raise _ray_error(share, e) from None
-                if outcome[0] == "error":
-                    raise _replica_error(Replica(share, None), outcome[1], outcome[2], outcome[3])
-                _, where, payload, seconds, summary = outcome
-                shares[share.index] = Path(payload) if where == "path" else _unpack(payload, work)
-                engine_s.append(seconds)
-                if on_share:
-                    on_share(f"share {share}: {summary}")
-        except BaseException:
-            for ref in pending:
-                ray.cancel(ref, force=True)
-            raise
-        return [shares[i] for i in sorted(shares)], engine_s
-    finally:
-        ray.shutdown()
-
-
-def _check_reachable(address: str) -> None:
-    """A HOST:PORT nobody answers at is refused at once (Ray itself retries for minutes)."""
-    import socket
-
-    host, sep, port = address.rpartition(":")
-    if not sep or not port.isdigit() or "://" in address:
-        return  # "auto", ray:// client addresses: Ray's own resolution
-    try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=10).close()
-    except OSError as e:
-        raise EngineError(f"cannot connect to the Ray cluster at {address}: {e.strerror or e}",
-                          hint="start it with `ray start --head` and pass the address it prints") from None
-
-
-def _place(nodes: list[dict], count: int) -> list[tuple[str, int, int, float]]:
-    """(node id, slot on the node, replicas on the node, CPUs to ask) per replica: spread over the
-    alive nodes in proportion to their CPUs, each replica asking its node's CPUs divided evenly."""
-    alive = sorted(((n["NodeID"], n.get("Resources", {}).get("CPU", 0)) for n in nodes if n.get("Alive")),
-                   key=lambda t: (-t[1], t[0]))
-    alive = [(node, cpus) for node, cpus in alive if cpus >= 1]
-    if not alive:
-        raise EngineError("the Ray cluster has no alive node with a CPU")
-    per_node = {node: 0 for node, _ in alive}
-    for _ in range(count):
-        node, _ = max(alive, key=lambda t: (t[1] / (per_node[t[0]] + 1), -list(per_node).index(t[0])))
-        per_node[node] += 1
-    cpus = dict(alive)
-    placed, slots = [], {node: 0 for node in per_node}
-    for node, n in per_node.items():
-        for _ in range(n):
-            placed.append((node, slots[node], n, max(int(cpus[node] // n), 1)))
-            slots[node] += 1
-    return placed
-
-
-def _ray_share(cfg: RecordConfig, share: Share, slot: int, per_node: int, driver_dir: str, token: str):
-    """A Ray task: records one share on this node, bound among the node's ``per_node`` replicas."""
-    marker = Path(driver_dir) / MARKER
-    shared = marker.is_file() and marker.read_text() == token
-    local = None if shared else Path(tempfile.mkdtemp(prefix="parity-share-"))
-    groups = cpu_groups(per_node, allowed_cpus(), numa_nodes())
-    replica = Replica(share, tuple(groups[slot]) if groups else None)
-    if cfg.engine.tp * cfg.engine.pp > 1 and cfg.engine.executor is None:
-        cfg = replace(cfg, engine=replace(cfg.engine, executor="mp"))  # not the Ray executor inside a Ray task
-    affinity = os.sched_getaffinity(0)
-    try:
-        path, engine_s, summary = _record_share(cfg if shared else replace(cfg, out=local), replica, None)
-        if shared:
-            return ("done", "path", str(path), engine_s, summary)
-        return ("done", "files", _pack(path), engine_s, summary)
-    except ParityError as e:
-        return ("error", type(e).__name__, str(e), e.hint)
-    finally:
-        os.sched_setaffinity(0, affinity)
-        if local is not None:
-            shutil.rmtree(local, ignore_errors=True)
-
-
-def _pack(path: Path) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        tar.add(path, arcname=path.name)
-    return buf.getvalue()
-
-
-def _unpack(data: bytes, work: Path) -> Path:
-    """A share returned as files, unpacked under ``work`` (a share is checked, rows and all, when merged)."""
-    target = Path(tempfile.mkdtemp(prefix="share-", dir=work))
-    try:
-        with tarfile.open(fileobj=io.BytesIO(data), mode="r") as tar:
-            tar.extractall(target, filter="data")  # no links out, no absolute or parent paths
-    except (tarfile.TarError, OSError) as e:
-        raise EngineError(f"a Ray replica returned a share that cannot be unpacked: {e}") from None
-    inner = [p for p in target.iterdir() if p.is_dir()]
-    if len(inner) != 1:
-        raise EngineError("a Ray replica returned a share that is not one store directory")
-    return inner[0]
-
-
-def _ray_error(share: Share, e: Exception) -> EngineError:
-    cause = getattr(e, "cause", None) or e
-    return EngineError(f"replica {share} failed on the Ray cluster: {type(cause).__name__}: {_first_line(cause)}")
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0][:200] if text else ""
 
 
 def _parse_cpus(text: str) -> list[int]:

@@ -14,7 +14,8 @@ import pytest
 from parity.errors import EngineError, UsageError
 from parity.recorder import RecordConfig
 from parity.recorder.devices.cpu import _parse_cpu_list, cpu_groups, cpu_list, threads_bind
-from parity.recorder.replicas import _pack, _place, _unpack, check_replica_options, local_replicas
+from parity.recorder.replicas import check_replica_options, local_replicas
+from parity.recorder.replicas_ray import _pack, _place, _unpack
 from parity.schemas.manifest import Share
 from parity.schemas.merge import merge_shares
 from tests.support.stores import write_share
@@ -104,7 +105,7 @@ def test_a_replicas_error_reaches_the_driver_as_its_own_class(tmp_path):
     import queue
 
     from parity.errors import ModelNotFoundError
-    from parity.recorder.replicas import Replica, _replica_error, _replica_main
+    from parity.recorder.replicas import Replica, _replica_main, replica_error
 
     messages = queue.Queue()
     replica = Replica(Share(2, 2), None)
@@ -112,6 +113,6 @@ def test_a_replicas_error_reaches_the_driver_as_its_own_class(tmp_path):
                   replica, messages)
     kind, index, name, message, hint = messages.get_nowait()
     assert (kind, index, name) == ("error", 2, "ModelNotFoundError")
-    error = _replica_error(replica, name, message, hint)
+    error = replica_error(replica, name, message, hint)
     assert isinstance(error, ModelNotFoundError)
     assert error.one_line().startswith("replica 2/2 on unbound threads: ") and "no-such-model" in error.one_line()
