@@ -105,7 +105,8 @@ def test_a_replicas_error_reaches_the_driver_as_its_own_class(tmp_path):
     import queue
 
     from parity.errors import ModelNotFoundError
-    from parity.recorder.replicas import Replica, _replica_main, replica_error
+    from parity.recorder.replica import Replica, replica_error
+    from parity.recorder.replicas import _replica_main
 
     messages = queue.Queue()
     replica = Replica(Share(2, 2), None)
