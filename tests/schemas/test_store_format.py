@@ -151,7 +151,7 @@ def test_missing_chunk_file_is_a_truncated_store(tmp_path):
 
 
 @pytest.mark.parametrize("version,error,message", [
-    (4, SchemaVersionError, "reads up to 3"),     # newer than this reader
+    (5, SchemaVersionError, "reads up to 4"),     # newer than this reader
     (0, NotAStoreError, "schema_version 0"),      # below the first version
 ])
 def test_schema_versions_this_reader_does_not_know_are_refused(tmp_path, version, error, message):
