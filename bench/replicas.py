@@ -118,6 +118,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--replicas", type=int, default=2, help="engines of the replicas side")
     ap.add_argument("--model", default="tiny", help="as `parity record --model` (default: the embedded tiny model)")
+    ap.add_argument("--vocab", type=int, default=None,
+                    help="the tiny model built with this vocabulary instead (Llama 3: 128256): full-vocabulary rows "
+                         "as wide as a real model's, so capturing and writing them weighs as it does there")
     ap.add_argument("--suite", default="default", help="prompt suite of `parity record`")
     ap.add_argument("--num-prompts", type=int, default=16)
     ap.add_argument("--max-tokens", type=int, default=64)
@@ -126,6 +129,11 @@ def main() -> None:
     ap.add_argument("--keep", action="store_true", help="keep the stores (their directories are printed)")
     ap.add_argument("--json", action="store_true", help="machine-readable output on stdout")
     args = ap.parse_args()
+    if args.vocab is not None:
+        from parity.recorder.tinymodel import tiny_model_dir
+        from parity.settings import settings
+
+        args.model = str(tiny_model_dir(settings().cache_dir, vocab_size=args.vocab))
     if args.replicas < 2:
         ap.error("--replicas must be at least 2")
 

@@ -107,9 +107,10 @@ def record_replicas(cfg: RecordConfig, count: int, *, ray_address: str | None = 
     work = out / f"{TMP_PREFIX}replicas-{uuid.uuid4().hex[:12]}"
     work.mkdir()
     started = time.perf_counter()
+    procs: list = []  # local replica processes, still exiting when their shares are in
     try:
         if ray_address is None:
-            shares, engine_s = _run_local(cfg, local_replicas(count), work, total, progress, on_share)
+            shares, engine_s = _run_local(cfg, local_replicas(count), work, total, progress, on_share, procs)
         else:
             from .replicas_ray import run_ray
 
@@ -129,18 +130,23 @@ def record_replicas(cfg: RecordConfig, count: int, *, ray_address: str | None = 
         return RecordResult(result.path, result.manifest,
                             {**timings, "merge_s": round(done - merged_at, 3), "record_s": round(done - started, 3)})
     finally:
+        _join(procs)
         shutil.rmtree(work, ignore_errors=True)
 
 
 # -- local processes -------------------------------------------------------------
 def _run_local(cfg: RecordConfig, replicas: list[Replica], work: Path, total: int,
                progress: Callable[[Progress], None] | None,
-               on_share: Callable[[str], None] | None) -> tuple[list[Path], list[float]]:
+               on_share: Callable[[str], None] | None, procs: list) -> tuple[list[Path], list[float]]:
+    """Runs the replicas as processes (appended to ``procs``) until every share is in.
+
+    They are stopped on any failure; once every share is in they are left to
+    exit while the shares merge (an engine's shutdown takes seconds).
+    """
     import multiprocessing as mp
 
     ctx = mp.get_context("spawn")  # vLLM and torch do not survive fork
     messages = ctx.Queue()
-    procs = []
     for r in replicas:
         log.info("starting %s", r.describe())
         p = ctx.Process(target=_replica_process, name=f"parity-replica-{r.share.index}",
@@ -182,11 +188,10 @@ def _run_local(cfg: RecordConfig, replicas: list[Replica], work: Path, total: in
                     on_share(f"share {index}/{len(procs)} recorded: {msg[4]}")
             elif kind == "error":
                 raise replica_error(replicas[index - 1], msg[2], msg[3], msg[4])
-        for p in procs:
-            p.join()
         return [shares[i] for i in sorted(shares)], list(engine_s.values())
-    finally:
+    except BaseException:
         _stop(procs)
+        raise
 
 
 def _last_word(messages, replica: Replica, proc, backlog: list) -> tuple:
@@ -208,6 +213,14 @@ def _last_word(messages, replica: Replica, proc, backlog: list) -> tuple:
         f"exited with code {code}"
     raise EngineError(f"{replica.describe()} {how} before finishing its share",
                       hint="rerun with PARITY_DEBUG=1; a killed replica is often out of memory: use fewer replicas")
+
+
+def _join(procs) -> None:
+    """Waits for replicas that have sent their share to exit (stopped if they do not in time)."""
+    deadline = time.monotonic() + STOP_GRACE_S
+    for p in procs:
+        p.join(max(deadline - time.monotonic(), 0.1))
+    _stop(procs)
 
 
 def _stop(procs) -> None:
